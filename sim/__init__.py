@@ -1,0 +1,1 @@
+"""Baton's simulation floor: catalogs, performance model, workloads, cluster simulator."""

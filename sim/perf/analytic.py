@@ -1,0 +1,221 @@
+"""The analytic backend: roofline kernels with fitted efficiencies, tabulated for speed.
+
+Iteration latency of an instance with ``tp x pp`` GPUs::
+
+    t = L * (dense[M] + attn_prefill + attn_decode)    # every layer, all stages in sequence
+      + head[S] + embed[M]                              # LM head on the S sampled rows
+      + (pp - 1) * p2p[M]                               # activations between stages
+      + engine overhead(S)                              # scheduling, sampling, launches
+
+``M`` = tokens in the batch, ``S`` = sequences. ``dense[M]`` (GEMMs incl. MoE experts,
+elementwise kernels, two TP all-reduces per layer) is evaluated once per instance for every
+M up to ``max_table_tokens`` and looked up afterwards; attention is evaluated per call from
+the batch sums (:mod:`sim.perf.batch`). The scalar path is plain Python arithmetic on locals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from sim.perf import kernels
+from sim.perf.base import LatencyBackend
+from sim.perf.batch import BatchArrays
+from sim.perf.params import EngineParams, KernelParams, load_engine_params, load_kernel_params
+
+
+def dense_layer_time_s(
+    model: ModelSpec, gpu: GpuSpec, kp: KernelParams, tp: int, m: np.ndarray,
+    intra_node_bytes_per_s: float | None = None, tp_inter_node: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-layer time of everything but attention for ``m`` tokens, by part.
+
+    Args:
+        model: the model.
+        gpu: the GPU.
+        kp: kernel efficiencies.
+        tp: tensor parallel degree.
+        m: tokens in the batch, ``(n,)``.
+        intra_node_bytes_per_s: link used by TP all-reduce (default: NVLink or PCIe of gpu).
+        tp_inter_node: whether the TP group spans nodes (all-reduce over the network).
+
+    Returns:
+        ``{"gemm", "moe", "elementwise", "allreduce"}`` -> ``(n,)`` seconds.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    h = model.hidden_size
+    b = model.dtype_bytes
+    qkv_n = (model.q_size + 2 * model.kv_size) / tp
+    gemm = kernels.gemm_time_s(m, qkv_n, h, gpu, kp, b)
+    gemm += kernels.gemm_time_s(m, h, model.q_size / tp, gpu, kp, b)
+    moe = np.zeros_like(m)
+    ffn = model.intermediate_size / tp
+    if model.is_moe:
+        e, k = model.num_experts, model.num_experts_per_tok
+        active = e * (1.0 - (1.0 - k / e) ** m)  # expected experts hit by m tokens
+        per_expert = np.where(active > 0, m * k / np.maximum(active, 1e-9), 0.0)
+        one = kernels.gemm_time_s(per_expert, model.mlp_up_width / tp, h, gpu, kp, b)
+        one += kernels.gemm_time_s(per_expert, h, ffn, gpu, kp, b)
+        # one fused launch for all experts: pay the fixed kernel time once, not per expert
+        moe = active * np.maximum(one - 2 * kp.gemm_overhead_s, 0.0) + 2 * kp.gemm_overhead_s
+        moe = np.where(m > 0, moe, 0.0)
+        moe += kernels.gemm_time_s(m, e, h, gpu, kp, b)  # router
+        if model.shared_expert_intermediate_size:
+            sh = model.shared_expert_intermediate_size / tp
+            up = sh * (2 if model.gated_mlp else 1)
+            moe += kernels.gemm_time_s(m, up, h, gpu, kp, b)
+            moe += kernels.gemm_time_s(m, h, sh, gpu, kp, b)
+    else:
+        gemm += kernels.gemm_time_s(m, model.mlp_up_width / tp, h, gpu, kp, b)
+        gemm += kernels.gemm_time_s(m, h, ffn, gpu, kp, b)
+    mh = m * h * b
+    act_width = ffn * max(model.num_experts_per_tok, 1)
+    elem = 2 * kernels.elementwise_time_s(2 * mh, gpu, kp)  # two norms: read + write
+    elem += 2 * kernels.elementwise_time_s(3 * mh, gpu, kp)  # two residual adds
+    act_in = act_width * (2 if model.gated_mlp else 1)
+    elem += kernels.elementwise_time_s(m * (act_in + act_width) * b, gpu, kp)
+    if model.position_embedding == "rope":
+        qk = (model.q_size + model.kv_size) / tp
+        elem += kernels.elementwise_time_s(2 * m * qk * b, gpu, kp)
+    link = intra_node_bytes_per_s or gpu.intra_node_bytes_per_s
+    if tp_inter_node:
+        link = gpu.network_bytes_per_s
+    ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=tp_inter_node)
+    return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
+
+
+class AnalyticBackend(LatencyBackend):
+    """Default backend: calibrated roofline model of each kernel (see module docstring)."""
+
+    def __init__(
+        self,
+        model: ModelSpec | str,
+        gpu: GpuSpec | str,
+        tp: int = 1,
+        pp: int = 1,
+        kernel_params: KernelParams | None = None,
+        engine: EngineParams | str = "vllm_v1",
+        max_table_tokens: int = 16384,
+        max_table_seqs: int = 2048,
+        tp_inter_node: bool = False,
+        pp_inter_node: bool = False,
+    ) -> None:
+        """Build the tables for one instance.
+
+        Args:
+            model: model spec or catalog name.
+            gpu: GPU spec or catalog name.
+            tp: tensor parallel degree (must divide the attention heads).
+            pp: pipeline parallel degree.
+            kernel_params: efficiencies (default: the GPU's ``calibration`` entry).
+            engine: engine overhead parameters or profile name (``conf/engine``).
+            max_table_tokens: batch tokens tabulated exactly; beyond, linear extrapolation.
+            max_table_seqs: sequences tabulated for the LM head.
+            tp_inter_node: TP group spans nodes (all-reduce over the network).
+            pp_inter_node: pipeline stages on different nodes (send/recv over the network).
+        """
+        self.model = get_model(model) if isinstance(model, str) else model
+        self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+        self.model.check_tp(tp)
+        self.model.check_pp(pp)
+        self.tp, self.pp = tp, pp
+        self.kp = kernel_params or load_kernel_params(self.gpu.calibration)
+        self.engine = load_engine_params(engine) if isinstance(engine, str) else engine
+        m, g, kp = self.model, self.gpu, self.kp
+        tokens = np.arange(max_table_tokens + 1, dtype=np.float64)
+        parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_inter_node=tp_inter_node)
+        self._dense = sum(parts.values())
+        # embedding gather + final norm on M tokens
+        emb = kernels.elementwise_time_s(tokens * m.hidden_size * m.dtype_bytes * 2, g, kp)
+        link = g.network_bytes_per_s if pp_inter_node else g.intra_node_bytes_per_s
+        p2p = kernels.p2p_time_s(tokens * m.hidden_size * m.dtype_bytes, link, kp, pp_inter_node)
+        self._per_token_extra = emb + (pp - 1) * p2p
+        seqs = np.arange(max_table_seqs + 1, dtype=np.float64)
+        head = kernels.gemm_time_s(seqs, m.vocab_size / tp, m.hidden_size, g, kp, m.dtype_bytes)
+        if tp > 1:  # gather logits across TP ranks
+            head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, link, kp)
+        eng = self.engine
+        self._head = head + eng.fixed_s + eng.per_seq_s * seqs
+        self._max_m, self._max_s = max_table_tokens, max_table_seqs
+        self._slope_m = self._dense[-1] - self._dense[-2]
+        self._slope_x = self._per_token_extra[-1] - self._per_token_extra[-2]
+        self._slope_s = self._head[-1] - self._head[-2]
+        self._layers = float(m.num_layers)
+        self._overhead = eng.per_layer_s * m.num_layers + eng.per_tp_rank_s * (tp - 1)
+        # attention constants, per GPU
+        nq = m.num_attention_heads / tp
+        nkv = max(m.num_kv_heads / tp, 1.0)
+        hd, db = m.head_dim, m.dtype_bytes
+        self._pf_flop = 4.0 * nq * hd / (g.peak_flops_per_s * kp.attn_prefill_compute_eff)
+        self._pf_causal = kp.attn_causal_frac
+        mem_pf = db / (g.hbm_bytes_per_s * kp.attn_prefill_memory_eff)
+        self._pf_mem_new = (2.0 * nq * hd + 2.0 * nkv * hd) * mem_pf
+        self._pf_mem_ctx = 2.0 * nkv * hd * mem_pf
+        self._pf_pow = kp.attn_prefill_blend_power
+        self._pf_inv_pow = 1.0 / kp.attn_prefill_blend_power
+        self._pf_t0 = kp.attn_prefill_overhead_s
+        mem_dec = db / (g.hbm_bytes_per_s * kp.attn_decode_memory_eff)
+        self._dec_ctx = 2.0 * nkv * hd * mem_dec
+        self._dec_seq = 2.0 * nq * hd * mem_dec + kp.attn_decode_per_seq_s
+        self._dec_t0 = kp.attn_decode_overhead_s
+
+    # ---- hot path --------------------------------------------------------------------------
+    def iteration_time_s(
+        self,
+        num_prefill_tokens: int,
+        num_prefill_seqs: int,
+        prefill_ctx_tokens: int,
+        prefill_new_x_ctx: int,
+        prefill_new_sq: int,
+        num_decode_seqs: int,
+        decode_ctx_tokens: int,
+    ) -> float:
+        """Seconds for one iteration (see :class:`~sim.perf.batch.BatchShape` for the args)."""
+        m = num_prefill_tokens + num_decode_seqs
+        s = num_prefill_seqs + num_decode_seqs
+        if m <= self._max_m:
+            layer = self._dense[m]
+            extra = self._per_token_extra[m]
+        else:
+            over = m - self._max_m
+            layer = self._dense[self._max_m] + over * self._slope_m
+            extra = self._per_token_extra[self._max_m] + over * self._slope_x
+        if num_prefill_tokens:
+            tc = (prefill_new_x_ctx + self._pf_causal * prefill_new_sq) * self._pf_flop
+            tm = num_prefill_tokens * self._pf_mem_new + prefill_ctx_tokens * self._pf_mem_ctx
+            p = self._pf_pow
+            layer += (tc**p + tm**p) ** self._pf_inv_pow + self._pf_t0
+        if num_decode_seqs:
+            layer += decode_ctx_tokens * self._dec_ctx + num_decode_seqs * self._dec_seq
+            layer += self._dec_t0
+        if s <= self._max_s:
+            head = self._head[s]
+        else:
+            head = self._head[self._max_s] + (s - self._max_s) * self._slope_s
+        return float(self._layers * layer + extra + head + self._overhead)
+
+    def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
+        """Vectorised :meth:`iteration_time_s` over ``(n,)`` arrays; returns ``(n,) float64``."""
+        pt, ps, pc, pxc, psq, ds, dc = (np.asarray(a) for a in batch)
+        m = pt + ds
+        s = ps + ds
+        mi = np.minimum(m, self._max_m)
+        over = (m - mi).astype(np.float64)
+        layer = self._dense[mi] + over * self._slope_m
+        extra = self._per_token_extra[mi] + over * self._slope_x
+        tc = (pxc + self._pf_causal * psq) * self._pf_flop
+        tm = pt * self._pf_mem_new + pc * self._pf_mem_ctx
+        p = self._pf_pow
+        attn_pf = (tc**p + tm**p) ** self._pf_inv_pow + self._pf_t0
+        layer = layer + np.where(pt > 0, attn_pf, 0.0)
+        attn_dec = dc * self._dec_ctx + ds * self._dec_seq + self._dec_t0
+        layer = layer + np.where(ds > 0, attn_dec, 0.0)
+        si = np.minimum(s, self._max_s)
+        head = self._head[si] + (s - si) * self._slope_s
+        return self._layers * layer + extra + head + self._overhead
+
+    # ---- inspection ------------------------------------------------------------------------
+    def breakdown_s(self, num_tokens: int) -> dict[str, float]:
+        """Per-layer time of the dense parts for ``num_tokens`` tokens, seconds, by part."""
+        parts = dense_layer_time_s(self.model, self.gpu, self.kp, self.tp, np.array([num_tokens]))
+        return {k: float(v[0]) for k, v in parts.items()}

@@ -1,0 +1,352 @@
+"""Calibrate the analytic model's efficiencies to real GPU measurements.
+
+``python -m sim.perf.fit [--data-root DIR] [--out conf]`` fits, per GPU architecture:
+
+* GEMM and elementwise efficiencies to every Vidur ``mlp.csv`` point of that device except
+  the held-out ones (all TP=8 shards, reported separately by the validation command);
+* attention efficiencies to the one A100 attention profile (other devices reuse the A100
+  fractions of their own peaks: no attention measurements exist for them);
+* all-reduce and send/recv latency/efficiency to the DGX network profiles (A40 reuses A100's);
+* the ``vllm_splitwise_2023`` engine overheads to Splitwise's A100 measurements (all H100
+  measurements held out).
+
+Each fit minimises a robust (soft-L1) loss on ``log(predicted / measured)``, i.e. relative
+error, with :func:`scipy.optimize.least_squares`. Results are written as commented YAML to
+``conf/calibration/<key>.yaml`` and ``conf/engine/vllm_splitwise_2023.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from sim.catalog import CONF_DIR, get_gpu, get_model
+from sim.perf import kernels
+from sim.perf.measurements import (
+    DEVICE_GPU,
+    default_data_root,
+    elementwise_points,
+    gemm_points,
+    load_attention,
+    load_mlp_profiles,
+    load_network,
+    load_splitwise,
+)
+from sim.perf.params import EngineParams, KernelParams, dump_params
+
+HELD_OUT_TP = 8
+"""Operator points at this TP degree are never fitted (generalisation check)."""
+HELD_OUT_SPLITWISE_GPU = "H100-SXM-80GB"
+"""Whole-iteration points on this GPU are never fitted."""
+
+PRIOR = KernelParams(
+    gemm_eff_tile_64=0.6, gemm_eff_tile_128=0.7, gemm_eff_tile_256=0.75, gemm_memory_eff=0.85,
+    gemm_blend_power=3.0, gemm_overhead_s=5e-6, elementwise_memory_eff=0.7,
+    elementwise_overhead_s=4e-6, attn_prefill_compute_eff=0.45, attn_prefill_memory_eff=0.1,
+    attn_prefill_blend_power=1.3, attn_causal_frac=1.0, attn_prefill_overhead_s=5e-6,
+    attn_decode_memory_eff=0.75, attn_decode_per_seq_s=0.0, attn_decode_overhead_s=1.5e-5,
+    allreduce_latency_s=1e-5, allreduce_latency_per_rank_s=2e-6, allreduce_intra_eff=0.6,
+    allreduce_inter_eff=0.5, p2p_latency_s=1e-5, p2p_intra_eff=0.6, p2p_inter_eff=0.5,
+)
+"""Starting point of every fit (and the values of parameters no data constrains)."""
+
+CALIBRATION_DEVICES = {"a100": "a100", "h100": "h100", "a40": "a40"}
+"""calibration key -> Vidur device folder."""
+
+
+def _solve(residual, x0, lower, upper) -> np.ndarray:
+    res = least_squares(
+        residual, x0, bounds=(lower, upper), loss="soft_l1", f_scale=0.05, x_scale="jac"
+    )
+    return res.x
+
+
+def _with(base: KernelParams, names: tuple[str, ...], values: np.ndarray) -> KernelParams:
+    return dataclasses.replace(base, **{n: float(v) for n, v in zip(names, values, strict=True)})
+
+
+GEMM_FIELDS = (
+    "gemm_eff_tile_64",
+    "gemm_eff_tile_128",
+    "gemm_eff_tile_256",
+    "gemm_memory_eff",
+    "gemm_blend_power",
+    "gemm_overhead_s",
+)
+
+
+def fit_gemm(points: pd.DataFrame, gpu_name: str, base: KernelParams) -> KernelParams:
+    """Fit the GEMM efficiencies to ``points`` (columns m, n, k, measured_s)."""
+    gpu = get_gpu(gpu_name)
+    m, n, k, y = (points[c].to_numpy() for c in ("m", "n", "k", "measured_s"))
+
+    def residual(x):
+        kp = _with(base, GEMM_FIELDS, x * _GEMM_SCALE)
+        return np.log(kernels.gemm_time_s(m, n, k, gpu, kp) / y)
+
+    x0 = np.array([getattr(base, f) for f in GEMM_FIELDS]) / _GEMM_SCALE
+    lo = np.array([0.05, 0.05, 0.05, 0.1, 1.0, 0.0]) / _GEMM_SCALE
+    hi = np.array([1.2, 1.2, 1.2, 1.2, 20.0, 1e-4]) / _GEMM_SCALE
+    return _with(base, GEMM_FIELDS, _solve(residual, x0, lo, hi) * _GEMM_SCALE)
+
+
+_GEMM_SCALE = np.array([1, 1, 1, 1, 1, 1e-6])
+
+
+def fit_elementwise(points: pd.DataFrame, gpu_name: str, base: KernelParams) -> KernelParams:
+    """Fit the elementwise bandwidth efficiency and fixed time (columns bytes, measured_s)."""
+    gpu = get_gpu(gpu_name)
+    b, y = points["bytes"].to_numpy(), points["measured_s"].to_numpy()
+    names = ("elementwise_memory_eff", "elementwise_overhead_s")
+
+    def residual(x):
+        kp = _with(base, names, x * [1, 1e-6])
+        return np.log(kernels.elementwise_time_s(b, gpu, kp) / y)
+
+    x = _solve(residual, [0.7, 4.0], [0.05, 0.0], [1.2, 100.0])
+    return _with(base, names, x * [1, 1e-6])
+
+
+PREFILL_FIELDS = (
+    "attn_prefill_compute_eff",
+    "attn_prefill_memory_eff",
+    "attn_prefill_blend_power",
+    "attn_causal_frac",
+    "attn_prefill_overhead_s",
+)
+DECODE_FIELDS = ("attn_decode_memory_eff", "attn_decode_per_seq_s", "attn_decode_overhead_s")
+
+
+def fit_attention(
+    prefill: pd.DataFrame, decode: pd.DataFrame, heads: dict, gpu_name: str, base: KernelParams
+) -> KernelParams:
+    """Fit prefill and decode attention efficiencies to single-sequence / uniform batches."""
+    gpu = get_gpu(gpu_name)
+    c, x, y = (prefill[k].to_numpy() for k in ("new_tokens", "ctx_tokens", "measured_s"))
+    pscale = np.array([1, 1, 1, 1, 1e-6])
+
+    def res_p(v):
+        kp = _with(base, PREFILL_FIELDS, v * pscale)
+        t = kernels.attn_prefill_time_s(c, x, c * x, c * c, gpu=gpu, kp=kp, **heads)
+        return np.log(t / y)
+
+    vp = _solve(res_p, [0.45, 0.1, 1.3, 0.75, 5.0], [0.05, 0.01, 1.0, 0.5, 0.0],
+                [1.2, 1.2, 20.0, 1.0, 100.0])
+    kp = _with(base, PREFILL_FIELDS, vp * pscale)
+    b, ctx, yd = (decode[k].to_numpy() for k in ("batch_size", "ctx_tokens", "measured_s"))
+    dscale = np.array([1, 1e-9, 1e-6])
+
+    def res_d(v):
+        kd = _with(kp, DECODE_FIELDS, v * dscale)
+        return np.log(kernels.attn_decode_time_s(b, b * ctx, gpu=gpu, kp=kd, **heads) / yd)
+
+    vd = _solve(res_d, [0.7, 1.0, 10.0], [0.05, 0.0, 0.0], [1.2, 1e4, 200.0])
+    return _with(kp, DECODE_FIELDS, vd * dscale)
+
+
+def network_link_bytes_per_s(gpu_name: str, devices_per_node: int, num_workers: int) -> tuple:
+    """(link bandwidth per direction, inter_node) used for a collective of this shape."""
+    gpu = get_gpu(gpu_name)
+    if devices_per_node >= num_workers:
+        return gpu.intra_node_bytes_per_s, False
+    # NCCL runs one ring per GPU of a node, each through its own NIC
+    return gpu.network_bytes_per_s * devices_per_node, True
+
+
+def predict_network(rows: pd.DataFrame, kp: KernelParams) -> np.ndarray:
+    """Predicted seconds for network rows (collective, gpu, num_workers, devices_per_node)."""
+    out = np.empty(len(rows))
+    for i, (coll, gpu, n, d, size) in enumerate(
+        zip(rows.collective, rows.gpu, rows.num_workers, rows.devices_per_node,
+            rows.size_bytes, strict=True)
+    ):
+        link, inter = network_link_bytes_per_s(gpu, int(d), int(n))
+        if coll == "all_reduce":
+            out[i] = kernels.allreduce_time_s(size, int(n), link, kp, inter_node=inter)
+        else:
+            out[i] = kernels.p2p_time_s(size, link, kp, inter_node=inter)
+    return out
+
+
+NET_FIELDS = (
+    "allreduce_latency_s",
+    "allreduce_latency_per_rank_s",
+    "allreduce_intra_eff",
+    "allreduce_inter_eff",
+    "p2p_latency_s",
+    "p2p_intra_eff",
+    "p2p_inter_eff",
+)
+
+
+def fit_network(rows: pd.DataFrame, base: KernelParams) -> KernelParams:
+    """Fit collective latencies and bandwidth efficiencies to one node type's profiles."""
+    y = rows.measured_s.to_numpy()
+    scale = np.array([1e-6, 1e-6, 1, 1, 1e-6, 1, 1])
+    has_inter = bool((rows.devices_per_node < rows.num_workers).any())
+
+    def residual(v):
+        return np.log(predict_network(rows, _with(base, NET_FIELDS, v * scale)) / y)
+
+    lo = [0.0, 0.0, 0.05, 0.01, 0.0, 0.05, 0.01]
+    hi = [500.0, 100.0, 1.5, 1.5 if has_inter else 0.0101, 500.0, 1.5, 1.5]
+    x0 = [10.0, 2.0, 0.6, 0.5 if has_inter else 0.01, 10.0, 0.6, 0.5]
+    v = _solve(residual, x0, lo, hi)
+    kp = _with(base, NET_FIELDS, v * scale)
+    if not has_inter:
+        kp = dataclasses.replace(kp, allreduce_inter_eff=base.allreduce_inter_eff)
+    return kp
+
+
+# ---- whole iterations (Splitwise) ----------------------------------------------------------
+ENGINE_FIELDS = ("fixed_s", "per_seq_s", "per_layer_s", "per_tp_rank_s")
+
+
+def splitwise_predictions(
+    rows: pd.DataFrame, engine: EngineParams, kernel_params: dict[str, KernelParams] | None = None
+) -> pd.DataFrame:
+    """Predicted prefill and decode-iteration seconds for Splitwise's grid points.
+
+    Prefill of ``batch_size`` prompts is timed as that many single-prompt iterations (what the
+    measured times show: two 512-token prompts take twice one); decode is one iteration of
+    ``batch_size`` sequences at the mean context ``prompt + output / 2``. ``kernel_params``
+    maps calibration keys to parameters (default: the files in ``conf/calibration``).
+    """
+    from sim.perf.analytic import AnalyticBackend
+
+    pred_p = np.empty(len(rows))
+    pred_t = np.empty(len(rows))
+    cache: dict = {}
+    for i, r in enumerate(rows.itertuples()):
+        key = (r.model, r.gpu, r.tp)
+        if key not in cache:
+            gpu = get_gpu(r.gpu)
+            kp = (kernel_params or {}).get(gpu.calibration)
+            cache[key] = AnalyticBackend(get_model(r.model), gpu, tp=int(r.tp),
+                                         kernel_params=kp, engine=engine)
+        be = cache[key]
+        pred_p[i] = r.batch_size * be.prefill_time_s(int(r.prompt_tokens))
+        ctx = int(r.prompt_tokens + r.output_tokens // 2)
+        pred_t[i] = be.decode_time_s(int(r.batch_size), ctx)
+    return rows.assign(pred_prompt_s=pred_p, pred_token_s=pred_t)
+
+
+def fit_engine(
+    rows: pd.DataFrame, base: EngineParams, kernel_params: dict[str, KernelParams] | None = None
+) -> EngineParams:
+    """Fit engine overheads so whole-iteration predictions match measured prefill and TBT."""
+    scale = np.array([1e-3, 1e-5, 1e-5, 1e-3])
+
+    def residual(v):
+        eng = dataclasses.replace(base, **dict(zip(ENGINE_FIELDS, v * scale, strict=True)))
+        p = splitwise_predictions(rows, eng, kernel_params)
+        return np.concatenate(
+            [np.log(p.pred_prompt_s / p.prompt_s), np.log(p.pred_token_s / p.token_s)]
+        )
+
+    v = _solve(residual, [5.0, 1.0, 1.0, 1.0], [0, 0, 0, 0], [100.0, 100.0, 100.0, 50.0])
+    fitted = {f: float(x) for f, x in zip(ENGINE_FIELDS, v * scale, strict=True)}
+    return dataclasses.replace(base, **fitted)
+
+
+def fit_distserve_memory(data_root: Path) -> EngineParams:
+    """Fit the DistServe engine's memory reserve to its published KV capacities.
+
+    Linear least squares of the bytes DistServe leaves outside weights and KV on each GPU
+    against ``[1, hidden_size, weight_bytes_per_gpu]``: a fixed reserve, a workspace that grows
+    with the hidden size, and the share of our weight count its engine does not store.
+    """
+    from sim.perf.measurements import load_distserve_kv_capacity
+
+    caps = load_distserve_kv_capacity(data_root)
+    gpu = get_gpu("A100-80GB-SXM")
+    rows = []
+    for r in caps.itertuples():
+        m = get_model(r.model)
+        n = r.tp * r.pp
+        kv = m.kv_bytes_per_token / n
+        w = m.weight_bytes / n
+        left = gpu.memory_bytes * 0.95 - w - r.max_num_tokens * kv
+        rows.append((1.0, m.hidden_size, w, left))
+    a = np.array(rows)
+    coef, *_ = np.linalg.lstsq(a[:, :3], a[:, 3], rcond=None)
+    return EngineParams(
+        name="distserve", fixed_s=0.0, per_seq_s=0.0, per_layer_s=0.0, per_tp_rank_s=0.0,
+        reserved_fixed_gib=float(coef[0]) / (1 << 30), reserved_per_hidden_bytes=float(coef[1]),
+        activation_scale=0.0, weight_scale=float(1.0 + coef[2]),
+        fitted_on="memory fitted by `python -m sim.perf.fit` to DistServe's "
+        "kv_capacity_max_num_tokens.csv; latency overheads live in DistServe's coefficients",
+    )
+
+
+def fit_all(data_root: Path) -> tuple[dict[str, KernelParams], EngineParams]:
+    """Run every fit; returns ``({calibration key: KernelParams}, splitwise engine params)``."""
+    mlp = load_mlp_profiles(data_root)
+    fit_mask = mlp.tp != HELD_OUT_TP
+    gemms = gemm_points(mlp[fit_mask])
+    elems = elementwise_points(mlp[fit_mask])
+    prefill, decode, heads = load_attention(data_root)
+    net = load_network(data_root)
+    results: dict[str, KernelParams] = {}
+    attn = fit_attention(prefill, decode, heads, DEVICE_GPU["a100"], PRIOR)
+    attn_values = {f: getattr(attn, f) for f in PREFILL_FIELDS + DECODE_FIELDS}
+    nets = {
+        "a100": fit_network(net[net.gpu == DEVICE_GPU["a100"]], PRIOR),
+        "h100": fit_network(net[net.gpu == DEVICE_GPU["h100"]], PRIOR),
+    }
+    nets["a40"] = nets["a100"]
+    for key, dev in CALIBRATION_DEVICES.items():
+        gpu = DEVICE_GPU[dev]
+        kp = dataclasses.replace(PRIOR, **attn_values)
+        kp = dataclasses.replace(kp, **{f: getattr(nets[key], f) for f in NET_FIELDS})
+        kp = fit_gemm(gemms[gemms.device == dev], gpu, kp)
+        kp = fit_elementwise(elems[elems.device == dev], gpu, kp)
+        note = (
+            f"fitted by `python -m sim.perf.fit` to Vidur {dev} mlp.csv (TP {HELD_OUT_TP} held "
+            f"out); attention from the A100 profile; collectives from "
+            f"{'a100' if key == 'a40' else key}_dgx"
+        )
+        results[key] = dataclasses.replace(kp, fitted_on=note)
+    sw = load_splitwise(data_root)
+    sw_fit = sw[(sw.gpu != HELD_OUT_SPLITWISE_GPU) & sw.gpu.notna()]
+    base_engine = EngineParams(
+        name="vllm_splitwise_2023", fixed_s=5e-3, per_seq_s=1e-5, per_layer_s=1e-5,
+        per_tp_rank_s=1e-3, fitted_on="",
+    )
+    engine = fit_engine(sw_fit, base_engine, results)
+    engine = dataclasses.replace(
+        engine,
+        fitted_on=f"fitted by `python -m sim.perf.fit` to Splitwise vLLM measurements on "
+        f"A100 ({HELD_OUT_SPLITWISE_GPU} held out)",
+    )
+    return results, engine
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: fit and write the YAML files."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", type=Path, default=default_data_root(),
+                    help="folder holding vidur_profiles/ (default: ../shared/data)")
+    ap.add_argument("--out", type=Path, default=CONF_DIR, help="conf folder to write into")
+    args = ap.parse_args(argv)
+    kernel_params, engine = fit_all(args.data_root)
+    (args.out / "calibration").mkdir(parents=True, exist_ok=True)
+    (args.out / "engine").mkdir(parents=True, exist_ok=True)
+    header = "Written by `python -m sim.perf.fit`; do not edit by hand, rerun the fit."
+    for key, kp in kernel_params.items():
+        dump_params(kp, args.out / "calibration" / f"{key}.yaml", header)
+        print(f"wrote {args.out / 'calibration' / f'{key}.yaml'}")
+    dump_params(engine, args.out / "engine" / "vllm_splitwise_2023.yaml", header)
+    print(f"wrote {args.out / 'engine' / 'vllm_splitwise_2023.yaml'}")
+    dump_params(fit_distserve_memory(args.data_root), args.out / "engine" / "distserve.yaml",
+                header)
+    print(f"wrote {args.out / 'engine' / 'distserve.yaml'}")
+
+
+if __name__ == "__main__":
+    main()

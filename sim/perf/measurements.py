@@ -1,0 +1,261 @@
+"""Readers for the real GPU measurements the model is fitted to and validated against.
+
+Nothing here runs unless asked: the data lives outside the package (``../shared/data`` in the
+team's checkout) and every reader takes its root folder as an argument. All times come out in
+seconds, sizes in bytes, whatever the source files use (Vidur and Splitwise store ms).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.catalog import CatalogError
+
+DEVICE_GPU = {"a100": "A100-80GB-SXM", "h100": "H100-SXM-80GB", "a40": "A40"}
+"""Vidur's device folder -> our GPU catalog name."""
+
+SPLITWISE_GPU = {"a100-80gb": "A100-80GB-SXM", "h100-80gb": "H100-SXM-80GB"}
+SPLITWISE_MODEL = {"llama2-70b": "Llama-2-70B", "bloom-176b": "BLOOM-176B"}
+
+NETWORK_NODES = {
+    # node folder -> (GPU catalog name, intra-node link: "nvlink" or "pcie")
+    "a100_dgx": ("A100-80GB-SXM", "nvlink"),
+    "h100_dgx": ("H100-SXM-80GB", "nvlink"),
+}
+"""Network profiles used for fitting; the pairwise-NVLink boxes mix NVLink and PCIe paths."""
+
+GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+ELEMENTWISE_OPS = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
+_KEYS = [
+    "n_head",
+    "n_kv_head",
+    "n_embd",
+    "n_expanded_embd",
+    "vocab_size",
+    "use_gated_mlp",
+    "num_tokens",
+    "num_tensor_parallel_workers",
+]
+
+
+def default_data_root() -> Path:
+    """``../shared/data`` beside the repository checkout (the team's layout)."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise CatalogError(
+            f"measurement data not found at {path}; pass --data-root pointing at the folder "
+            "that holds vidur_profiles/ and distserve/"
+        )
+    return path
+
+
+def load_mlp_profiles(data_root: Path) -> pd.DataFrame:
+    """All Vidur ``mlp.csv`` rows: one row per (device, model, TP, tokens), medians in seconds.
+
+    Duplicate token counts (two profiling runs concatenated) are reduced by their median.
+    """
+    base = _require(Path(data_root) / "vidur_profiles" / "data" / "profiling" / "compute")
+    frames = []
+    for f in sorted(base.glob("*/*/*/mlp.csv")):
+        d = pd.read_csv(f)
+        ops = [c.split(".")[1] for c in d.columns if c.endswith(".median")]
+        g = d.groupby(_KEYS)[[f"time_stats.{o}.median" for o in ops]].median().reset_index()
+        g.columns = [c.split(".")[1] if c.startswith("time_stats") else c for c in g.columns]
+        for o in ops:
+            g[o] = g[o] * 1e-3
+        g["device"] = f.parts[-4]
+        g["model"] = f.parts[-2]
+        frames.append(g)
+    return pd.concat(frames, ignore_index=True).rename(
+        columns={"num_tensor_parallel_workers": "tp"}
+    )
+
+
+def gemm_points(mlp: pd.DataFrame) -> pd.DataFrame:
+    """Long table of GEMM measurements: device, model, tp, op, m, n, k, measured_s."""
+    hd = mlp.n_embd / mlp.n_head
+    tp = mlp.tp
+    up = mlp.n_expanded_embd * np.where(mlp.use_gated_mlp, 2, 1)
+    shapes = {
+        "attn_pre_proj": ((mlp.n_head + 2 * mlp.n_kv_head) * hd / tp, mlp.n_embd),
+        "attn_post_proj": (mlp.n_embd, mlp.n_head * hd / tp),
+        "mlp_up_proj": (up / tp, mlp.n_embd),
+        "mlp_down_proj": (mlp.n_embd, mlp.n_expanded_embd / tp),
+    }
+    frames = []
+    for op, (n, k) in shapes.items():
+        frames.append(
+            pd.DataFrame(
+                {
+                    "device": mlp.device,
+                    "model": mlp.model,
+                    "tp": tp,
+                    "op": op,
+                    "m": mlp.num_tokens.astype(float),
+                    "n": n.astype(float),
+                    "k": k.astype(float),
+                    "measured_s": mlp[op],
+                }
+            )
+        )
+    out = pd.concat(frames, ignore_index=True)
+    return out[out.measured_s > 0].reset_index(drop=True)
+
+
+def elementwise_points(mlp: pd.DataFrame, dtype_bytes: int = 2) -> pd.DataFrame:
+    """Long table of elementwise-kernel measurements with the bytes each moves."""
+    m = mlp.num_tokens.astype(float)
+    h = mlp.n_embd.astype(float)
+    hd = h / mlp.n_head
+    ffn = mlp.n_expanded_embd / mlp.tp
+    act_in = ffn * np.where(mlp.use_gated_mlp, 2, 1)
+    moved = {
+        "input_layernorm": 2 * m * h,
+        "post_attention_layernorm": 2 * m * h,
+        "add": 3 * m * h,
+        "mlp_act": m * (act_in + ffn),
+        "attn_rope": 2 * m * (mlp.n_head + mlp.n_kv_head) * hd / mlp.tp,
+    }
+    frames = []
+    for op, elems in moved.items():
+        frames.append(
+            pd.DataFrame(
+                {
+                    "device": mlp.device,
+                    "model": mlp.model,
+                    "tp": mlp.tp,
+                    "op": op,
+                    "bytes": elems * dtype_bytes,
+                    "measured_s": mlp[op],
+                }
+            )
+        )
+    out = pd.concat(frames, ignore_index=True)
+    return out[out.measured_s > 0].reset_index(drop=True)
+
+
+def load_attention(data_root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The one recovered A100 attention profile.
+
+    Returns:
+        ``(prefill, decode, heads)``: prefill rows with ``new_tokens, ctx_tokens, measured_s``;
+        decode rows with ``batch_size, ctx_tokens, measured_s`` (each sequence attends to
+        ``ctx_tokens``); ``heads`` with per-GPU ``num_q_heads, num_kv_heads, head_dim``.
+    """
+    path = _require(
+        Path(data_root)
+        / "vidur_profiles/historical/acb95f6c/data/profiling/a100/attention.csv"
+    )
+    d = pd.read_csv(path).drop_duplicates()
+    tp = int(d.num_tensor_parallel_workers.iloc[0])
+    heads = {
+        "num_q_heads": int(d.n_q_head.iloc[0]) // tp,
+        "num_kv_heads": int(d.n_kv_head.iloc[0]) // tp,
+        "head_dim": int(d.n_embd.iloc[0]) // int(d.n_q_head.iloc[0]),
+    }
+    p = d[d.is_prefill]
+    prefill = pd.DataFrame(
+        {
+            "new_tokens": p.prefill_chunk_size.astype(float),
+            "ctx_tokens": p.kv_cache_size.astype(float),
+            "measured_s": p["time_stats.attn_prefill.median"] * 1e-3,
+        }
+    ).reset_index(drop=True)
+    q = d[~d.is_prefill]
+    decode = pd.DataFrame(
+        {
+            "batch_size": q.batch_size.astype(float),
+            "ctx_tokens": q.kv_cache_size.astype(float),
+            "measured_s": q["time_stats.attn_decode.median"] * 1e-3,
+        }
+    ).reset_index(drop=True)
+    return prefill, decode, heads
+
+
+def load_network(data_root: Path) -> pd.DataFrame:
+    """All-reduce and send/recv timings of the DGX nodes: one row per (collective, group, size).
+
+    Columns: node, gpu, collective, num_workers, devices_per_node, size_bytes, measured_s.
+    """
+    base = _require(Path(data_root) / "vidur_profiles" / "data" / "profiling" / "network")
+    frames = []
+    for node, (gpu, _link) in NETWORK_NODES.items():
+        for coll in ("all_reduce", "send_recv"):
+            f = base / node / f"{coll}.csv"
+            if not f.exists():
+                continue
+            d = pd.read_csv(f)
+            g = (
+                d.groupby(["num_workers", "devices_per_node", "size"])[
+                    f"time_stats.{coll}.median"
+                ]
+                .median()
+                .reset_index()
+            )
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "node": node,
+                        "gpu": gpu,
+                        "collective": coll,
+                        "num_workers": g.num_workers,
+                        "devices_per_node": g.devices_per_node,
+                        "size_bytes": g["size"].astype(float),
+                        "measured_s": g[f"time_stats.{coll}.median"] * 1e-3,
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_splitwise(data_root: Path) -> pd.DataFrame:
+    """Splitwise's end-to-end vLLM measurements (DGX-A100/H100), medians per grid point.
+
+    Columns: model, gpu, hardware, tp, prompt_tokens, batch_size, output_tokens,
+    prompt_s (prefill of the batch), token_s (mean decode iteration), n_repeats.
+    """
+    path = _require(
+        Path(data_root) / "vidur_profiles/related/splitwise-sim/data/perf_model.csv"
+    )
+    d = pd.read_csv(path)
+    g = (
+        d.groupby(["model", "hardware", "tensor_parallel", "prompt_size", "batch_size",
+                   "token_size"])
+        .agg(prompt_ms=("prompt_time", "median"), token_ms=("token_time", "median"),
+             n_repeats=("prompt_time", "size"))
+        .reset_index()
+    )
+    return pd.DataFrame(
+        {
+            "model": g.model.map(SPLITWISE_MODEL),
+            "gpu": g.hardware.map(SPLITWISE_GPU),
+            "hardware": g.hardware,
+            "tp": g.tensor_parallel,
+            "prompt_tokens": g.prompt_size,
+            "batch_size": g.batch_size,
+            "output_tokens": g.token_size,
+            "prompt_s": g.prompt_ms * 1e-3,
+            "token_s": g.token_ms * 1e-3,
+            "n_repeats": g.n_repeats,
+        }
+    )
+
+
+def load_distserve_kv_capacity(data_root: Path) -> pd.DataFrame:
+    """DistServe's KV capacity table: model (catalog name), tp, pp, max_num_tokens."""
+    path = _require(Path(data_root) / "distserve" / "kv_capacity_max_num_tokens.csv")
+    d = pd.read_csv(path, comment="#")
+    d["model"] = d.model.str.split("/").str[-1]
+    return d
+
+
+def load_distserve_coeffs(data_root: Path) -> pd.DataFrame:
+    """DistServe's fitted latency coefficients (ms), as in its CSV."""
+    path = _require(Path(data_root) / "distserve" / "latency_coeffs_a100_80g.csv")
+    return pd.read_csv(path)
