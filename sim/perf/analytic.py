@@ -26,7 +26,7 @@ from sim.perf.params import EngineParams, KernelParams, load_engine_params, load
 
 def dense_layer_time_s(
     model: ModelSpec, gpu: GpuSpec, kp: KernelParams, tp: int, m: np.ndarray,
-    intra_node_bytes_per_s: float | None = None, tp_inter_node: bool = False,
+    intra_node_bytes_per_s: float | None = None, tp_gpus_per_node: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-layer time of everything but attention for ``m`` tokens, by part.
 
@@ -37,7 +37,7 @@ def dense_layer_time_s(
         tp: tensor parallel degree.
         m: tokens in the batch, ``(n,)``.
         intra_node_bytes_per_s: link used by TP all-reduce (default: NVLink or PCIe of gpu).
-        tp_inter_node: whether the TP group spans nodes (all-reduce over the network).
+        tp_gpus_per_node: GPUs of the TP group per node when it spans nodes (None: one node).
 
     Returns:
         ``{"gemm", "moe", "elementwise", "allreduce"}`` -> ``(n,)`` seconds.
@@ -78,9 +78,10 @@ def dense_layer_time_s(
         qk = (model.q_size + model.kv_size) / tp
         elem += kernels.elementwise_time_s(2 * m * qk * b, gpu, kp)
     link = intra_node_bytes_per_s or gpu.intra_node_bytes_per_s
-    if tp_inter_node:
-        link = gpu.network_bytes_per_s
-    ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=tp_inter_node)
+    inter = tp_gpus_per_node is not None and tp_gpus_per_node < tp
+    if inter:
+        link = gpu.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
+    ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=inter)
     return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
 
 
@@ -97,7 +98,7 @@ class AnalyticBackend(LatencyBackend):
         engine: EngineParams | str = "vllm_v1",
         max_table_tokens: int = 16384,
         max_table_seqs: int = 2048,
-        tp_inter_node: bool = False,
+        tp_gpus_per_node: int | None = None,
         pp_inter_node: bool = False,
     ) -> None:
         """Build the tables for one instance.
@@ -111,7 +112,7 @@ class AnalyticBackend(LatencyBackend):
             engine: engine overhead parameters or profile name (``conf/engine``).
             max_table_tokens: batch tokens tabulated exactly; beyond, linear extrapolation.
             max_table_seqs: sequences tabulated for the LM head.
-            tp_inter_node: TP group spans nodes (all-reduce over the network).
+            tp_gpus_per_node: GPUs of the TP group per node if it spans nodes (None: one node).
             pp_inter_node: pipeline stages on different nodes (send/recv over the network).
         """
         self.model = get_model(model) if isinstance(model, str) else model
@@ -123,7 +124,7 @@ class AnalyticBackend(LatencyBackend):
         self.engine = load_engine_params(engine) if isinstance(engine, str) else engine
         m, g, kp = self.model, self.gpu, self.kp
         tokens = np.arange(max_table_tokens + 1, dtype=np.float64)
-        parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_inter_node=tp_inter_node)
+        parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_gpus_per_node=tp_gpus_per_node)
         self._dense = sum(parts.values())
         # embedding gather + final norm on M tokens
         emb = kernels.elementwise_time_s(tokens * m.hidden_size * m.dtype_bytes * 2, g, kp)

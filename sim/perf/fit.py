@@ -10,7 +10,7 @@
 * the ``vllm_splitwise_2023`` engine overheads to Splitwise's A100 measurements (all H100
   measurements held out).
 
-Each fit minimises a robust (soft-L1) loss on ``log(predicted / measured)``, i.e. relative
+Each fit minimises a robust (Cauchy, scale 3%) loss on ``log(predicted / measured)``, i.e. relative
 error, with :func:`scipy.optimize.least_squares`. Results are written as commented YAML to
 ``conf/calibration/<key>.yaml`` and ``conf/engine/vllm_splitwise_2023.yaml``.
 """
@@ -51,7 +51,7 @@ PRIOR = KernelParams(
     attn_prefill_blend_power=1.3, attn_causal_frac=1.0, attn_prefill_overhead_s=5e-6,
     attn_decode_memory_eff=0.75, attn_decode_per_seq_s=0.0, attn_decode_overhead_s=1.5e-5,
     allreduce_latency_s=1e-5, allreduce_latency_per_rank_s=2e-6, allreduce_intra_eff=0.6,
-    allreduce_inter_eff=0.5, p2p_latency_s=1e-5, p2p_intra_eff=0.6, p2p_inter_eff=0.5,
+    allreduce_inter_eff=0.5, allreduce_inter_nic_exponent=1.0, p2p_latency_s=1e-5, p2p_intra_eff=0.6, p2p_inter_eff=0.5,
 )
 """Starting point of every fit (and the values of parameters no data constrains)."""
 
@@ -61,7 +61,7 @@ CALIBRATION_DEVICES = {"a100": "a100", "h100": "h100", "a40": "a40"}
 
 def _solve(residual, x0, lower, upper) -> np.ndarray:
     res = least_squares(
-        residual, x0, bounds=(lower, upper), loss="soft_l1", f_scale=0.05, x_scale="jac"
+        residual, x0, bounds=(lower, upper), loss="cauchy", f_scale=0.03, x_scale="jac"
     )
     return res.x
 
@@ -149,13 +149,15 @@ def fit_attention(
     return _with(kp, DECODE_FIELDS, vd * dscale)
 
 
-def network_link_bytes_per_s(gpu_name: str, devices_per_node: int, num_workers: int) -> tuple:
+def network_link_bytes_per_s(
+    gpu_name: str, devices_per_node: int, num_workers: int, kp: KernelParams
+) -> tuple[float, bool]:
     """(link bandwidth per direction, inter_node) used for a collective of this shape."""
     gpu = get_gpu(gpu_name)
     if devices_per_node >= num_workers:
         return gpu.intra_node_bytes_per_s, False
-    # NCCL runs one ring per GPU of a node, each through its own NIC
-    return gpu.network_bytes_per_s * devices_per_node, True
+    # NCCL runs up to one ring per GPU of a node, each through its own NIC
+    return gpu.network_bytes_per_s * devices_per_node**kp.allreduce_inter_nic_exponent, True
 
 
 def predict_network(rows: pd.DataFrame, kp: KernelParams) -> np.ndarray:
@@ -165,7 +167,7 @@ def predict_network(rows: pd.DataFrame, kp: KernelParams) -> np.ndarray:
         zip(rows.collective, rows.gpu, rows.num_workers, rows.devices_per_node,
             rows.size_bytes, strict=True)
     ):
-        link, inter = network_link_bytes_per_s(gpu, int(d), int(n))
+        link, inter = network_link_bytes_per_s(gpu, int(d), int(n), kp)
         if coll == "all_reduce":
             out[i] = kernels.allreduce_time_s(size, int(n), link, kp, inter_node=inter)
         else:
@@ -178,6 +180,7 @@ NET_FIELDS = (
     "allreduce_latency_per_rank_s",
     "allreduce_intra_eff",
     "allreduce_inter_eff",
+    "allreduce_inter_nic_exponent",
     "p2p_latency_s",
     "p2p_intra_eff",
     "p2p_inter_eff",
@@ -187,20 +190,21 @@ NET_FIELDS = (
 def fit_network(rows: pd.DataFrame, base: KernelParams) -> KernelParams:
     """Fit collective latencies and bandwidth efficiencies to one node type's profiles."""
     y = rows.measured_s.to_numpy()
-    scale = np.array([1e-6, 1e-6, 1, 1, 1e-6, 1, 1])
-    has_inter = bool((rows.devices_per_node < rows.num_workers).any())
+    scale = np.array([1e-6, 1e-6, 1, 1, 1, 1e-6, 1, 1])
+    cross = rows.devices_per_node < rows.num_workers
+    has_inter = bool((cross & (rows.collective == "all_reduce")).any())
 
     def residual(v):
         return np.log(predict_network(rows, _with(base, NET_FIELDS, v * scale)) / y)
 
-    lo = [0.0, 0.0, 0.05, 0.01, 0.0, 0.05, 0.01]
-    hi = [500.0, 100.0, 1.5, 1.5 if has_inter else 0.0101, 500.0, 1.5, 1.5]
-    x0 = [10.0, 2.0, 0.6, 0.5 if has_inter else 0.01, 10.0, 0.6, 0.5]
-    v = _solve(residual, x0, lo, hi)
-    kp = _with(base, NET_FIELDS, v * scale)
-    if not has_inter:
-        kp = dataclasses.replace(kp, allreduce_inter_eff=base.allreduce_inter_eff)
-    return kp
+    # without cross-node all-reduce data, pin its two parameters to the prior
+    pin = 0.0 if has_inter else 1e-9
+    e0, g0 = base.allreduce_inter_eff, base.allreduce_inter_nic_exponent
+    lo = [0.0, 0.0, 0.05, 0.01 if has_inter else e0 - pin, 0.0 if has_inter else g0 - pin,
+          0.0, 0.05, 0.01]
+    hi = [500.0, 100.0, 1.5, 1.5 if has_inter else e0 + 1e-9, 1.0, 500.0, 1.5, 1.5]
+    x0 = [10.0, 2.0, 0.6, 0.5 if has_inter else e0, 0.5 if has_inter else g0, 10.0, 0.6, 0.5]
+    return _with(base, NET_FIELDS, _solve(residual, x0, lo, hi) * scale)
 
 
 # ---- whole iterations (Splitwise) ----------------------------------------------------------

@@ -86,6 +86,8 @@ class KernelParams:
     """All-reduce bus-bandwidth efficiency over the intra-node link (NVLink or PCIe)."""
     allreduce_inter_eff: float
     """All-reduce bus-bandwidth efficiency over the cross-node network."""
+    allreduce_inter_nic_exponent: float
+    """A cross-node ring with d GPUs per node gets ``d ** exponent`` NICs' bandwidth (0..1)."""
     p2p_latency_s: float
     """Point-to-point send/recv latency (pipeline stages), seconds."""
     p2p_intra_eff: float
@@ -129,6 +131,9 @@ class KernelParams:
         for name in ("gemm_blend_power", "attn_prefill_blend_power"):
             if getattr(self, name) < 1.0:
                 raise CatalogError(f"field {name!r} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.allreduce_inter_nic_exponent <= 1.0:
+            raise CatalogError("field 'allreduce_inter_nic_exponent' must be in [0, 1], got "
+                               f"{self.allreduce_inter_nic_exponent}")
         if not 0.5 <= self.attn_causal_frac <= 1.0:
             raise CatalogError(f"field 'attn_causal_frac' must be in [0.5, 1], got "
                                f"{self.attn_causal_frac}")

@@ -1,0 +1,1 @@
+"""Scripts that produce Baton's benchmark figures and tables (nothing imports them)."""
