@@ -7,6 +7,9 @@ Iteration latency of an instance with ``tp x pp`` GPUs::
       + (pp - 1) * p2p[M]                               # activations between stages
       + engine overhead(S)                              # scheduling, sampling, launches
 
+Without CUDA graphs (``EngineParams.per_layer_s`` > 0) each layer takes at least the host's
+time to launch its kernels: ``max(gpu_layer_time, per_layer_s)``.
+
 ``M`` = tokens in the batch, ``S`` = sequences. ``dense[M]`` (GEMMs incl. MoE experts,
 elementwise kernels, two TP all-reduces per layer) is evaluated once per instance for every
 M up to ``max_table_tokens`` and looked up afterwards; attention is evaluated per call from
@@ -142,7 +145,9 @@ class AnalyticBackend(LatencyBackend):
         self._slope_x = self._per_token_extra[-1] - self._per_token_extra[-2]
         self._slope_s = self._head[-1] - self._head[-2]
         self._layers = float(m.num_layers)
-        self._overhead = eng.per_layer_s * m.num_layers + eng.per_tp_rank_s * (tp - 1)
+        self._overhead = eng.per_tp_rank_s * (tp - 1)
+        self._cpu_layer = eng.per_layer_s
+        self._sq_host = eng.per_prefill_sq_token_s
         # attention constants, per GPU
         nq = m.num_attention_heads / tp
         nkv = max(m.num_kv_heads / tp, 1.0)
@@ -189,11 +194,14 @@ class AnalyticBackend(LatencyBackend):
         if num_decode_seqs:
             layer += decode_ctx_tokens * self._dec_ctx + num_decode_seqs * self._dec_seq
             layer += self._dec_t0
+        if layer < self._cpu_layer:
+            layer = self._cpu_layer
         if s <= self._max_s:
             head = self._head[s]
         else:
             head = self._head[self._max_s] + (s - self._max_s) * self._slope_s
-        return float(self._layers * layer + extra + head + self._overhead)
+        host = self._overhead + self._sq_host * prefill_new_sq
+        return float(self._layers * layer + extra + head + host)
 
     def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
         """Vectorised :meth:`iteration_time_s` over ``(n,)`` arrays; returns ``(n,) float64``."""
@@ -211,9 +219,11 @@ class AnalyticBackend(LatencyBackend):
         layer = layer + np.where(pt > 0, attn_pf, 0.0)
         attn_dec = dc * self._dec_ctx + ds * self._dec_seq + self._dec_t0
         layer = layer + np.where(ds > 0, attn_dec, 0.0)
+        layer = np.maximum(layer, self._cpu_layer)
         si = np.minimum(s, self._max_s)
         head = self._head[si] + (s - si) * self._slope_s
-        return self._layers * layer + extra + head + self._overhead
+        host = self._overhead + self._sq_host * psq
+        return self._layers * layer + extra + head + host
 
     # ---- inspection ------------------------------------------------------------------------
     def breakdown_s(self, num_tokens: int) -> dict[str, float]:

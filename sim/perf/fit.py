@@ -208,7 +208,7 @@ def fit_network(rows: pd.DataFrame, base: KernelParams) -> KernelParams:
 
 
 # ---- whole iterations (Splitwise) ----------------------------------------------------------
-ENGINE_FIELDS = ("fixed_s", "per_seq_s", "per_layer_s", "per_tp_rank_s")
+ENGINE_FIELDS = ("fixed_s", "per_seq_s", "per_layer_s", "per_tp_rank_s", "per_prefill_sq_token_s")
 
 
 def splitwise_predictions(
@@ -244,7 +244,7 @@ def fit_engine(
     rows: pd.DataFrame, base: EngineParams, kernel_params: dict[str, KernelParams] | None = None
 ) -> EngineParams:
     """Fit engine overheads so whole-iteration predictions match measured prefill and TBT."""
-    scale = np.array([1e-3, 1e-5, 1e-5, 1e-3])
+    scale = np.array([1e-3, 1e-5, 1e-4, 1e-3, 1e-9])
 
     def residual(v):
         eng = dataclasses.replace(base, **dict(zip(ENGINE_FIELDS, v * scale, strict=True)))
@@ -253,7 +253,8 @@ def fit_engine(
             [np.log(p.pred_prompt_s / p.prompt_s), np.log(p.pred_token_s / p.token_s)]
         )
 
-    v = _solve(residual, [5.0, 1.0, 1.0, 1.0], [0, 0, 0, 0], [100.0, 100.0, 100.0, 50.0])
+    v = _solve(residual, [5.0, 1.0, 3.0, 1.0, 1.0], [0, 0, 0, 0, 0],
+               [100.0, 100.0, 100.0, 50.0, 100.0])
     fitted = {f: float(x) for f, x in zip(ENGINE_FIELDS, v * scale, strict=True)}
     return dataclasses.replace(base, **fitted)
 

@@ -143,8 +143,10 @@ class KernelParams:
 class EngineParams:
     """Host-side costs of one serving-engine iteration, seconds.
 
-    ``iteration = fixed_s + per_seq_s * num_seqs + per_layer_s * layers_per_stage
-    + per_tp_rank_s * (tp - 1)``, added to the GPU time of every forward pass.
+    Host time per iteration ``fixed_s + per_seq_s * num_seqs + per_tp_rank_s * (tp - 1)
+    + per_prefill_sq_token_s * sum(c_i ** 2)`` is added to the GPU time. Without CUDA graphs
+    the host launches every kernel, so a layer takes ``max(GPU time, per_layer_s)``: at small
+    batches the launch rate, not the GPU, sets the pace.
     """
 
     name: str
@@ -154,9 +156,11 @@ class EngineParams:
     per_seq_s: float
     """Extra host time per scheduled sequence (sampling, detokenisation), seconds."""
     per_layer_s: float
-    """Kernel-launch time per layer not hidden by CUDA graphs, seconds."""
+    """Host time to launch one layer's kernels (0 with CUDA graphs), seconds."""
     per_tp_rank_s: float
     """Extra per-iteration coordination time per additional TP worker, seconds."""
+    per_prefill_sq_token_s: float = 0.0
+    """Host/unsharded time per squared prefill-chunk token (e.g. building masks), seconds."""
     reserved_fixed_gib: float = 1.0
     """Per-GPU memory the engine keeps outside weights and KV (CUDA context, NCCL, graphs), GiB."""
     reserved_per_hidden_bytes: float = 0.0
@@ -176,6 +180,7 @@ class EngineParams:
                 "per_seq_s",
                 "per_layer_s",
                 "per_tp_rank_s",
+                "per_prefill_sq_token_s",
                 "reserved_fixed_gib",
                 "reserved_per_hidden_bytes",
                 "activation_scale",
