@@ -225,6 +225,16 @@ class AnalyticBackend(LatencyBackend):
         host = self._overhead + self._sq_host * psq
         return self._layers * layer + extra + head + host
 
+    def decode_line(self, num_seqs: int, ctx_tokens: int) -> tuple[float, float, float, float]:
+        """Exact decode-run line including the per-layer launch floor (see base class)."""
+        t0 = self.iteration_time_s(0, 0, 0, 0, 0, num_seqs, ctx_tokens)
+        b = min(num_seqs, self._max_m)
+        layer0 = (self._dense[b] + (num_seqs - b) * self._slope_m + ctx_tokens * self._dec_ctx
+                  + num_seqs * self._dec_seq + self._dec_t0)
+        big_l = self._layers
+        const = t0 - big_l * max(layer0, self._cpu_layer)
+        return (big_l * layer0, big_l * self._dec_ctx * num_seqs, big_l * self._cpu_layer, const)
+
     # ---- inspection ------------------------------------------------------------------------
     def breakdown_s(self, num_tokens: int) -> dict[str, float]:
         """Per-layer time of the dense parts for ``num_tokens`` tokens, seconds, by part."""

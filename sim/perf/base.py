@@ -41,6 +41,20 @@ class LatencyBackend(ABC):
     def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
         """Seconds for each of ``n`` iterations: ``(n,) float64``."""
 
+    def decode_line(self, num_seqs: int, ctx_tokens: int) -> tuple[float, float, float, float]:
+        """Timing of a decode-only run: ``t_j = max(floor, a + slope * j) + const``.
+
+        Iteration ``j`` has ``num_seqs`` sequences attending ``ctx_tokens + j * num_seqs``
+        tokens in total. This default assumes time is linear in the context (true of every
+        backend with a fixed batch size) and samples two iterations.
+
+        Returns:
+            ``(a_s, slope_s, floor_s, const_s)``.
+        """
+        t0 = self.iteration_time_s(0, 0, 0, 0, 0, num_seqs, ctx_tokens)
+        t1 = self.iteration_time_s(0, 0, 0, 0, 0, num_seqs, ctx_tokens + num_seqs)
+        return t0, max(t1 - t0, 0.0), 0.0, 0.0
+
     def time(self, shape: BatchShape) -> float:
         """Validated convenience wrapper around :meth:`iteration_time_s`."""
         return self.iteration_time_s(*shape.as_args())

@@ -1,0 +1,462 @@
+"""The cluster's discrete-event loop: the only clock in the simulator.
+
+One heap of tuples ``(t_s, kind, seq, a, b)``; ``kind`` orders same-time events
+(:class:`EventKind`): iteration ends and KV-transfer ends first, then arrivals (streamed from
+the workload arrays by a cursor, never pushed), then scheduling of every instance that became
+idle or received work at that time. ``seq`` comes from the simulator's own counter.
+
+Decode-only stretches run in closed form (:mod:`sim.engine.decode_run`): an instance whose
+batch cannot change until its first member stops plans ``k`` iterations as one event. An
+arrival or a KV hand-in routed to it cuts the run at the iteration in flight.
+
+Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
+environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
+``sim.view()`` snapshots the cluster, ``sim.route(decision)`` places it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from enum import IntEnum
+
+import numpy as np
+
+from sim.catalog import GpuSpec, ModelSpec
+from sim.engine.config import ClusterConfig, SimConfig
+from sim.engine.decode_run import DecodeLine, cum_time_s, iters_within
+from sim.engine.links import Link
+from sim.engine.placement import build_instances
+from sim.instance import Instance, Reason, Request, RequestStatus
+from sim.routing import ClusterView, Decision, RequestInfo
+from sim.workload import Workload
+
+logger = logging.getLogger(__name__)
+INF = float("inf")
+RUN_LIMIT = 1 << 30
+
+
+class EventKind(IntEnum):
+    """Same-time order: completions first, then arrivals, then scheduling."""
+
+    ITERATION_END = 0
+    TRANSFER_END = 1
+
+
+class _Op:
+    """What an instance is executing: one planned iteration, or a decode run of k iterations."""
+
+    __slots__ = ("plan", "k_planned", "k_done", "line", "start_s", "end_s", "step_s", "version")
+
+    def __init__(self) -> None:
+        self.plan = None
+        self.k_planned = 0
+        self.k_done = 0
+        self.line: DecodeLine | None = None
+        self.start_s = 0.0
+        self.end_s = 0.0
+        self.step_s = 0.0
+        self.version = 0
+
+
+class Simulator:
+    """A cluster of vLLM-like instances serving one workload."""
+
+    def __init__(
+        self,
+        model: ModelSpec,
+        gpu: GpuSpec,
+        cluster: ClusterConfig,
+        sim: SimConfig,
+        workload: Workload,
+        router=None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        """Build instances, KV caches and links.
+
+        Args:
+            model: the model every instance serves.
+            gpu: the GPU type of the cluster.
+            cluster: nodes and instances.
+            sim: backend and run options.
+            workload: the requests (arrays).
+            router: ``(ClusterView, RequestInfo) -> Decision``; needed by :meth:`run`.
+            rng: randomness for the output-length prediction noise.
+        """
+        self.model, self.gpu, self.cluster_cfg, self.cfg = model, gpu, cluster, sim
+        self.workload = workload
+        self.router = router
+        built = build_instances(model, gpu, cluster, sim, workload.hash_block_tokens)
+        self.instances: list[Instance] = built.instances
+        self.backends = built.backends
+        self.nodes = built.nodes
+        self._link_spec = built.link_bandwidth
+        self._pp = [inst.cfg.pipeline_parallel_size for inst in self.instances]
+        self._ops = [_Op() for _ in self.instances]
+        self._links: dict[tuple[int, int], Link] = {}
+        self._link_list: list[Link] = []
+        self._heap: list[tuple] = []
+        self._seq = itertools.count()
+        self._dirty: set[int] = set()
+        self.now_s = 0.0
+        self._cursor = 0
+        n = len(workload)
+        self.requests: list[Request | None] = [None] * n
+        self._pending: Request | None = None
+        self._max_len = min(model.max_position_embeddings, *(
+            i.cfg.max_model_len or model.max_position_embeddings for i in self.instances))
+        out = workload.output_tokens
+        cv = sim.output_prediction_cv
+        if cv > 0:
+            rng = rng or np.random.default_rng(0)
+            noise = rng.lognormal(-0.5 * np.log1p(cv * cv), np.sqrt(np.log1p(cv * cv)), n)
+            self.predicted_output = np.maximum(1, np.rint(out * noise)).astype(np.int64)
+        else:
+            self.predicted_output = out.astype(np.int64)
+        self._arrivals = workload.arrival_s.tolist()
+        self._prompts = workload.prompt_tokens.tolist()
+        self._outputs = workload.output_tokens.tolist()
+        self.num_events = 0
+        self.num_iterations = 0
+        self.num_runs = 0
+        self.finished = False
+
+    # ---- public driving API ----------------------------------------------------------------
+    def run(self) -> list[Request]:
+        """Simulate the whole workload with ``self.router``; returns every entered request."""
+        if self.router is None:
+            raise ValueError("Simulator.run needs a router; pass router=... or drive it with "
+                             "next_arrival()/route()")
+        if hasattr(self.router, "reset"):
+            self.router.reset()
+        router = self.router
+        while (info := self.next_arrival()) is not None:
+            self.route(router(self.view(), info))
+        return self.entered_requests()
+
+    def next_arrival(self) -> RequestInfo | None:
+        """Advance to the next arrival and return it (None when the workload is done)."""
+        if self._pending is not None:
+            raise RuntimeError("route() the pending arrival before asking for the next one")
+        heap = self._heap
+        arrivals = self._arrivals
+        n = len(arrivals)
+        limit = self.cfg.time_limit_s or INF
+        while True:
+            t_heap = heap[0][0] if heap else INF
+            t_arr = arrivals[self._cursor] if self._cursor < n else INF
+            t_next = t_heap if t_heap <= t_arr else t_arr
+            if self._dirty and t_next > self.now_s:
+                self._schedule_dirty()
+                continue
+            if t_next == INF or t_next > limit:
+                self._finish(limit)
+                return None
+            if t_heap <= t_arr:
+                self._pop_event()
+                continue
+            self.now_s = t_arr
+            return self._admit_arrival()
+
+    def view(self) -> ClusterView:
+        """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``)."""
+        insts = self.instances
+        return ClusterView(
+            now_s=self.now_s,
+            role=self._roles,
+            num_waiting=np.fromiter((len(i.waiting) for i in insts), np.int64, len(insts)),
+            num_running=np.fromiter((len(i.running) for i in insts), np.int64, len(insts)),
+            queued_prefill_tokens=np.fromiter((i.queued_prefill_tokens for i in insts),
+                                              np.int64, len(insts)),
+            kv_used_blocks=np.fromiter((self._kv_used(k) for k in range(len(insts))), np.int64,
+                                       len(insts)),
+            kv_total_blocks=self._kv_total,
+            num_transfers_in=np.fromiter((i.num_transfers_in + len(i.pending_kv)
+                                          for i in insts), np.int64, len(insts)),
+            num_transfers_out=np.fromiter((i.num_transfers_out for i in insts), np.int64,
+                                          len(insts)),
+            block_size=insts[0].kv.block_size,
+        )
+
+    def _kv_used(self, idx: int) -> int:
+        """KV blocks in use now; a decode run counts only the iterations begun so far."""
+        inst = self.instances[idx]
+        op = self._ops[idx]
+        if op.line is None or not inst.busy:
+            return inst.kv.num_used
+        j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
+        return inst.kv.num_used - (inst.run_new_blocks(op.k_done) - inst.run_new_blocks(j))
+
+    def route(self, decision: Decision) -> Request:
+        """Place the pending arrival according to ``decision`` (or reject it, counted)."""
+        r = self._pending
+        if r is None:
+            raise RuntimeError("no pending arrival: call next_arrival() first")
+        self._pending = None
+        reason = self._check_decision(r, decision)
+        if reason != Reason.NONE:
+            self._terminate(r, RequestStatus.REJECTED, reason)
+            return r
+        inst = self.instances[r.lead]
+        inst.enqueue(r)
+        self._touch(r.lead)
+        return r
+
+    def entered_requests(self) -> list[Request]:
+        """Requests that arrived (in arrival order)."""
+        return [r for r in self.requests[: self._cursor] if r is not None]
+
+    @property
+    def num_entered(self) -> int:
+        """Arrivals so far."""
+        return self._cursor
+
+    # ---- arrivals and decisions ---------------------------------------------------------------
+    @property
+    def _roles(self) -> tuple[str, ...]:
+        roles = getattr(self, "_roles_cache", None)
+        if roles is None:
+            roles = tuple(i.cfg.role for i in self.instances)
+            self._roles_cache = roles
+            self._kv_total = np.array([i.kv.num_blocks for i in self.instances], np.int64)
+        return roles
+
+    def _admit_arrival(self) -> RequestInfo:
+        i = self._cursor
+        self._cursor += 1
+        w = self.workload
+        hashes = None
+        if w.hash_offsets is not None:
+            hashes = w.hash_ids[w.hash_offsets[i]: w.hash_offsets[i + 1]]
+        r = Request(i, self._arrivals[i], self._prompts[i], self._outputs[i], hashes)
+        self.requests[i] = r
+        self._pending = r
+        self._roles  # noqa: B018  (builds the role/KV caches once)
+        return RequestInfo(i, r.arrival_s, r.num_prompt_tokens, int(self.predicted_output[i]))
+
+    def _check_decision(self, r: Request, d: Decision) -> Reason:
+        n = len(self.instances)
+        if d.reject:
+            return Reason.ROUTER_REJECTED
+        lead, follow, split = int(d.lead), int(d.follow), int(d.split_tokens)
+        if not (0 <= lead < n and 0 <= follow < n) or split < 1:
+            logger.debug("invalid decision %s for request %d", d, r.rid)
+            return Reason.INVALID_DECISION
+        out = r.max_output_tokens
+        if follow == lead or split >= out:
+            follow, split = lead, out
+        r.lead, r.follow, r.split_tokens = lead, follow, split
+        total = r.num_prompt_tokens + out
+        if total > self._max_len:
+            return Reason.PROMPT_EXCEEDS_MAX_MODEL_LEN
+        if r.num_prompt_tokens + split > self.instances[lead].capacity_tokens:
+            return Reason.PROMPT_EXCEEDS_KV_CAPACITY
+        if total > self.instances[follow].capacity_tokens:
+            return Reason.FOLLOW_CANNOT_HOLD_KV
+        return Reason.NONE
+
+    def _terminate(self, r: Request, status: RequestStatus, reason: Reason) -> None:
+        r.status = status
+        r.reason = reason
+        r.finish_s = self.now_s
+
+    # ---- events ----------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, a: int, b: int) -> None:
+        heapq.heappush(self._heap, (t, kind, next(self._seq), a, b))
+
+    def _pop_event(self) -> None:
+        t, kind, _, a, b = heapq.heappop(self._heap)
+        self.now_s = t
+        self.num_events += 1
+        if kind == EventKind.ITERATION_END:
+            self._on_iteration_end(a, b)
+        else:
+            self._on_transfer_end(a, b)
+        if self.cfg.check_invariants:
+            self.check_invariants()
+
+    def _touch(self, idx: int) -> None:
+        """Work arrived at instance ``idx``: schedule it now, or cut its decode run."""
+        if not self.instances[idx].busy:
+            self._dirty.add(idx)
+            return
+        self._cut(idx)
+
+    def _cut(self, idx: int) -> None:
+        """End a decode run after the iteration in flight; free blocks reserved beyond it."""
+        op = self._ops[idx]
+        if op.line is None or op.k_done <= 1:
+            return
+        done = iters_within(op.line, self.now_s - op.start_s) + 1  # include the one in flight
+        if done < op.k_done:
+            self.instances[idx].shrink_decode_run(op.k_done, done)
+            op.k_done = done
+            op.end_s = op.start_s + cum_time_s(op.line, done)
+            op.version += 1
+            self._push(op.end_s, EventKind.ITERATION_END, idx, op.version)
+
+    def _schedule_dirty(self) -> None:
+        dirty = sorted(self._dirty)
+        self._dirty.clear()
+        for idx in dirty:
+            if not self.instances[idx].busy:
+                self._start(idx)
+
+    def _start(self, idx: int) -> None:
+        inst = self.instances[idx]
+        if inst.ready_kv:
+            for r in inst.ready_kv:
+                r.status = RequestStatus.RUNNING
+                inst.running.append(r)
+            inst.num_transfers_in -= len(inst.ready_kv)
+            inst.ready_kv.clear()
+        self._try_pull(inst)
+        op = self._ops[idx]
+        backend = self.backends[idx]
+        scale = 1.0 / self._pp[idx]
+        now = self.now_s
+        if self.cfg.fast_forward and inst.can_run_decodes():
+            k = inst.max_decode_run(RUN_LIMIT)
+            if k >= 2:
+                b, ctx = inst.decode_batch()
+                a, s, f, c = backend.decode_line(b, ctx)
+                line = DecodeLine(a * scale, s * scale, f * scale, c * scale)
+                inst.reserve_decode_run(k)
+                op.plan, op.line, op.k_planned, op.k_done = None, line, k, k
+                op.start_s, op.end_s = now, now + cum_time_s(line, k)
+                op.step_s = line.a_s + line.const_s
+                self._launch(inst, op, idx)
+                self.num_runs += 1
+                return
+        plan = inst.schedule()
+        if plan is None:
+            return
+        for r in plan.reqs:
+            if r.first_scheduled_s < 0:
+                r.first_scheduled_s = now
+        dt = backend.iteration_time_s(*plan.shape_args()) * scale
+        op.plan, op.line = plan, None
+        op.start_s, op.end_s, op.step_s = now, now + dt, dt
+        self._launch(inst, op, idx)
+
+    def _launch(self, inst: Instance, op: _Op, idx: int) -> None:
+        inst.busy = True
+        op.version += 1
+        self._push(op.end_s, EventKind.ITERATION_END, idx, op.version)
+
+    def _on_iteration_end(self, idx: int, version: int) -> None:
+        op = self._ops[idx]
+        if version != op.version:
+            return  # a cut run re-pushed its end
+        inst = self.instances[idx]
+        inst.busy = False
+        now = self.now_s
+        fill = op.step_s * (self._pp[idx] - 1)  # pipeline stages after the last one's start
+        if op.plan is not None:
+            stopped = inst.complete(op.plan)
+            for r in op.plan.reqs:
+                if r.num_output_tokens == 1 and r.first_token_s < 0:
+                    r.first_token_s = now + fill
+            self.num_iterations += 1
+            op.plan = None
+        else:
+            stopped = inst.finish_decode_run(op.k_done)
+            self.num_iterations += op.k_done
+            op.line = None
+        for r in stopped:
+            self._on_stop(inst, r, now + fill)
+        self._dirty.add(idx)
+
+    def _on_stop(self, inst: Instance, r: Request, t: float) -> None:
+        if r.num_output_tokens >= r.max_output_tokens:
+            inst.release_blocks(r)
+            r.status = RequestStatus.COMPLETED
+            r.finish_s = t
+            return
+        r.status = RequestStatus.AWAITING_TRANSFER
+        r.lead_done_s = t
+        inst.num_transfers_out += 1
+        follow = self.instances[r.follow]
+        follow.pending_kv.append(r)
+        self._try_pull(follow)
+
+    # ---- KV hand-over ------------------------------------------------------------------------
+    def _try_pull(self, f: Instance) -> None:
+        """The Follow pulls pending KV while it has blocks and sequence slots (DistServe)."""
+        pending = f.pending_kv
+        kv = f.kv
+        while pending:
+            r = pending[0]
+            if len(f.running) + f.num_transfers_in >= f.cfg.max_num_seqs:
+                return
+            need = kv.blocks_for(r.num_computed_tokens)
+            if need > kv.num_free:
+                op = self._ops[f.index]
+                if not (op.line is not None and need <= kv.num_free + f.reserved_excess_blocks(
+                        op.k_done, iters_within(op.line, self.now_s - op.start_s) + 1)):
+                    return
+                self._cut(f.index)  # the run reserved blocks this hand-in can use now
+            kv.allocate(need)
+            pending.popleft()
+            f.num_transfers_in += 1
+            r.status = RequestStatus.TRANSFERRING
+            r.transfer_start_s = self.now_s
+            link = self._link(r.lead, r.follow)
+            link.add(r, r.num_computed_tokens * self.model.kv_bytes_per_token, self.now_s)
+            self._push_link(link)
+
+    def _link(self, src: int, dst: int) -> Link:
+        key = (src, dst)
+        link = self._links.get(key)
+        if link is None:
+            bw, lat = self._link_spec(src, dst)
+            link = Link(len(self._link_list), bw, lat)
+            self._links[key] = link
+            self._link_list.append(link)
+        return link
+
+    def _push_link(self, link: Link) -> None:
+        nd = link.next_done()
+        if nd is not None:
+            self._push(nd[0], EventKind.TRANSFER_END, link.index, link.version)
+
+    def _on_transfer_end(self, link_idx: int, version: int) -> None:
+        link = self._link_list[link_idx]
+        if version != link.version:
+            return
+        _, r = link.next_done()
+        link.pop(r, self.now_s)
+        lead, follow = self.instances[r.lead], self.instances[r.follow]
+        lead.release_blocks(r)
+        lead.num_transfers_out -= 1
+        self._touch(r.lead)
+        r.num_blocks = follow.kv.blocks_for(r.num_computed_tokens)
+        r.instance = follow.index
+        r.transfer_end_s = self.now_s
+        follow.ready_kv.append(r)  # joins the batch when the instance next schedules
+        self._touch(follow.index)
+        self._try_pull(lead)
+        self._push_link(link)
+
+    # ---- end of run ----------------------------------------------------------------------------
+    def _finish(self, limit: float) -> None:
+        """Fail whatever is still in flight (time limit) and check conservation."""
+        if self.finished:
+            return
+        self.finished = True
+        if limit < INF:
+            self.now_s = limit
+        for r in self.requests[: self._cursor]:
+            if r is not None and not r.is_terminal:
+                if limit == INF:
+                    raise AssertionError(f"request {r.rid} not terminal at the end: {r}")
+                self._terminate(r, RequestStatus.FAILED, Reason.SIMULATION_ENDED)
+
+    def check_invariants(self) -> None:
+        """Assert KV and queue invariants on every instance."""
+        for inst in self.instances:
+            inst.kv.check()
+            held = sum(r.num_blocks - r.num_shared_blocks for r in inst.running)
+            assert held <= inst.kv.num_used, (inst.index, held, inst.kv.num_used)
+            assert len(inst.running) <= inst.cfg.max_num_seqs

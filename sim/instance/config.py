@@ -1,0 +1,87 @@
+"""Configuration of one serving instance, named after the ``vllm serve`` flags it models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLES = ("unified", "prefill", "decode")
+"""Instance roles: unified serves whole requests (and tandem Lead/Follow), prefill and
+decode are DistServe pools. Roles guide routers; the simulator executes any decision."""
+
+
+@dataclass
+class InstanceConfig:
+    """A vLLM engine on ``tensor_parallel_size x pipeline_parallel_size`` GPUs of one node.
+
+    Defaults are vLLM V1's ``vllm serve`` defaults on GPUs with < 70 GiB or A100 (2048 batched
+    tokens, 256 sequences); :func:`vllm_default_limits` gives the H100-class values.
+    """
+
+    role: str = "unified"
+    """unified, prefill or decode."""
+    tensor_parallel_size: int = 1
+    """GPUs per pipeline stage (``--tensor-parallel-size``)."""
+    pipeline_parallel_size: int = 1
+    """Pipeline stages (``--pipeline-parallel-size``)."""
+    max_num_seqs: int = 256
+    """Sequences per iteration (``--max-num-seqs``)."""
+    max_num_batched_tokens: int = 2048
+    """Token budget per iteration (``--max-num-batched-tokens``)."""
+    enable_chunked_prefill: bool = True
+    """Split long prompts across iterations (``--enable-chunked-prefill``, V1 default on)."""
+    enable_prefix_caching: bool = True
+    """Reuse cached prompt blocks (``--enable-prefix-caching``, V1 default on)."""
+    block_size: int = 16
+    """Tokens per KV block (``--block-size``)."""
+    gpu_memory_utilization: float = 0.9
+    """Share of device memory the engine may use (``--gpu-memory-utilization``)."""
+    long_prefill_token_threshold: int = 0
+    """Cap on one request's prefill tokens per iteration, 0 = none."""
+    max_model_len: int = 0
+    """Longest prompt + output accepted, tokens; 0 = the model's max_position_embeddings."""
+    num_gpu_blocks_override: int = 0
+    """Use this many KV blocks instead of the memory model (``--num-gpu-blocks-override``)."""
+    node: int = -1
+    """Node index the instance sits on; -1 lets the cluster place it."""
+    replicas: int = 1
+    """Identical instances this entry stands for (placed one after another)."""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"instance role {self.role!r} is not one of {', '.join(ROLES)}")
+        for name in (
+            "tensor_parallel_size",
+            "pipeline_parallel_size",
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "block_size",
+            "replicas",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"instance field {name!r} must be a positive integer, got "
+                                 f"{value!r}")
+        for name in ("long_prefill_token_threshold", "max_model_len", "num_gpu_blocks_override"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"instance field {name!r} must be >= 0, got "
+                                 f"{getattr(self, name)}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs of the instance."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def vllm_default_limits(gpu_memory_gib: float, gpu_name: str) -> tuple[int, int]:
+    """``(max_num_batched_tokens, max_num_seqs)`` that ``vllm serve`` picks for a GPU.
+
+    vLLM V1 uses 8192 / 1024 on GPUs with >= 70 GiB that are not A100s (H100, H200, MI300X)
+    and 2048 / 256 elsewhere (``EngineArgs.get_batch_defaults``, OpenAI API server context).
+    """
+    if gpu_memory_gib >= 70 and "a100" not in gpu_name.lower():
+        return 8192, 1024
+    return 2048, 256

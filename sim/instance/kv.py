@@ -1,0 +1,157 @@
+"""KV-cache block accounting of one instance, with vLLM-style prefix caching.
+
+Blocks are counted, not materialised. A prompt's leading blocks can be shared through
+cache entries keyed by block hashes (one entry covers ``blocks_per_hash`` blocks). Entries
+with no request referencing them stay resident and evictable, least recently used first,
+until a new allocation needs their blocks::
+
+    num_blocks = used (held by requests, shared entries counted once)
+               + evictable (cached, unreferenced)
+               + empty
+
+Allocation says "no" by returning ``False``; the caller preempts and retries (as vLLM's
+``KVCacheManager.allocate_slots`` returns ``None``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+class KVCache:
+    """Block counts of one instance (all GPUs of the instance hold the same token slots)."""
+
+    __slots__ = (
+        "num_blocks",
+        "block_size",
+        "blocks_per_hash",
+        "enable_prefix_caching",
+        "num_used",
+        "num_evictable",
+        "_refs",
+        "_lru",
+        "num_hit_tokens",
+        "num_query_tokens",
+    )
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int = 16,
+        hash_block_tokens: int = 16,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        """Create an empty cache.
+
+        Args:
+            num_blocks: blocks the instance has (from :func:`sim.perf.plan_memory`).
+            block_size: tokens per block.
+            hash_block_tokens: tokens one prefix hash covers (a multiple of ``block_size``).
+            enable_prefix_caching: vLLM's ``--enable-prefix-caching``.
+        """
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if hash_block_tokens % block_size:
+            raise ValueError(
+                f"hash_block_tokens={hash_block_tokens} must be a multiple of "
+                f"block_size={block_size}"
+            )
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.blocks_per_hash = hash_block_tokens // block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.num_used = 0
+        self.num_evictable = 0
+        self._refs: dict[int, int] = {}
+        self._lru: OrderedDict[int, None] = OrderedDict()
+        self.num_hit_tokens = 0
+        self.num_query_tokens = 0
+
+    @property
+    def num_free(self) -> int:
+        """Blocks an allocation may take (empty plus evictable)."""
+        return self.num_blocks - self.num_used
+
+    @property
+    def hash_block_tokens(self) -> int:
+        """Tokens one prefix hash covers."""
+        return self.blocks_per_hash * self.block_size
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks needed to hold ``num_tokens`` tokens."""
+        return -(-num_tokens // self.block_size)
+
+    def allocate(self, n: int) -> bool:
+        """Take ``n`` blocks, evicting unreferenced cache entries if needed; False if short."""
+        if n > self.num_blocks - self.num_used:
+            return False
+        empty = self.num_blocks - self.num_used - self.num_evictable
+        while n > empty:
+            h, _ = self._lru.popitem(last=False)
+            del self._refs[h]
+            self.num_evictable -= self.blocks_per_hash
+            empty += self.blocks_per_hash
+        self.num_used += n
+        return True
+
+    def free(self, n: int) -> None:
+        """Return ``n`` private blocks."""
+        self.num_used -= n
+        assert 0 <= self.num_used <= self.num_blocks - self.num_evictable, "KV accounting broke"
+
+    # ---- prefix cache ------------------------------------------------------------------
+    def match_prefix(self, hashes: np.ndarray | None, num_prompt_tokens: int) -> int:
+        """Leading prompt hashes resident in the cache (vLLM recomputes the last token)."""
+        if not self.enable_prefix_caching or hashes is None:
+            return 0
+        refs = self._refs
+        limit = (num_prompt_tokens - 1) // self.hash_block_tokens
+        h = 0
+        for key in hashes[:limit].tolist():
+            if key not in refs:
+                break
+            h += 1
+        return h
+
+    def acquire(self, hashes: tuple) -> None:
+        """Take a reference to resident entries (a new request reusing a cached prefix)."""
+        refs, lru = self._refs, self._lru
+        for key in hashes:
+            rc = refs[key]
+            if rc == 0:
+                del lru[key]
+                self.num_evictable -= self.blocks_per_hash
+                self.num_used += self.blocks_per_hash
+            refs[key] = rc + 1
+
+    def release(self, hashes: tuple) -> None:
+        """Drop references; unreferenced entries become evictable (most recent last)."""
+        refs, lru = self._refs, self._lru
+        for key in reversed(hashes):  # free tails first, as vLLM does
+            rc = refs[key] - 1
+            refs[key] = rc
+            if rc == 0:
+                lru[key] = None
+                self.num_evictable += self.blocks_per_hash
+                self.num_used -= self.blocks_per_hash
+
+    def register(self, key: int) -> bool:
+        """Turn a request's just-computed private blocks into cache entry ``key``.
+
+        Returns:
+            True if the entry was created (the caller moves ``blocks_per_hash`` of its blocks
+            from private to shared); False if prefix caching is off or it already exists.
+        """
+        if not self.enable_prefix_caching or key in self._refs:
+            return False
+        self._refs[key] = 1
+        return True
+
+    def check(self) -> None:
+        """Assert the block invariants (used in tests and debug runs)."""
+        assert 0 <= self.num_used, self.num_used
+        assert 0 <= self.num_evictable, self.num_evictable
+        assert self.num_used + self.num_evictable <= self.num_blocks
+        assert self.num_evictable == len(self._lru) * self.blocks_per_hash

@@ -1,0 +1,380 @@
+"""The per-instance scheduler: vLLM V1's continuous batching, one iteration at a time.
+
+Each iteration has a token budget (``max_num_batched_tokens``). RUNNING requests are
+scheduled first, in order, each taking ``num_tokens - num_computed_tokens`` new tokens
+(1 for a decode, the rest of the prompt for a prefill, cut to the budget with chunked
+prefill); when KV blocks run short the last running request is preempted (recompute) and the
+allocation retried. If nothing was preempted, WAITING requests are admitted FCFS while there
+is budget, a free sequence slot and blocks, after matching their prompt against the prefix
+cache. The step's result is an :class:`IterationPlan` that :mod:`sim.perf` times; the
+scheduler never calls the performance model itself.
+
+Decode-only stretches are also planned in closed form (:meth:`Instance.plan_decode_run`):
+when every running request decodes and nothing can be admitted, the batch stays the same
+until its first member stops, so ``k`` iterations can be applied at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from sim.instance.config import InstanceConfig
+from sim.instance.kv import KVCache
+from sim.instance.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class IterationPlan:
+    """One scheduled iteration: who runs how many tokens, and the batch sums for sim/perf."""
+
+    reqs: list[Request] = field(default_factory=list)
+    """Scheduled requests, in schedule order."""
+    num_new: list[int] = field(default_factory=list)
+    """Tokens scheduled for each (same order)."""
+    num_prefill_tokens: int = 0
+    num_prefill_seqs: int = 0
+    prefill_ctx_tokens: int = 0
+    prefill_new_x_ctx: int = 0
+    prefill_new_sq: int = 0
+    num_decode_seqs: int = 0
+    decode_ctx_tokens: int = 0
+    num_preempted: int = 0
+    """Requests preempted while building this plan."""
+
+    def shape_args(self) -> tuple[int, int, int, int, int, int, int]:
+        """The seven batch sums in :meth:`LatencyBackend.iteration_time_s` order."""
+        return (self.num_prefill_tokens, self.num_prefill_seqs, self.prefill_ctx_tokens,
+                self.prefill_new_x_ctx, self.prefill_new_sq, self.num_decode_seqs,
+                self.decode_ctx_tokens)
+
+
+class Instance:
+    """Queues, running batch and KV blocks of one vLLM engine."""
+
+    def __init__(self, index: int, cfg: InstanceConfig, num_blocks: int,
+                 hash_block_tokens: int = 16) -> None:
+        """Create an idle instance.
+
+        Args:
+            index: position in the cluster.
+            cfg: vLLM flags.
+            num_blocks: KV blocks (from the memory model or the override).
+            hash_block_tokens: tokens per prefix hash of the workload.
+        """
+        self.index = index
+        self.cfg = cfg
+        self.kv = KVCache(num_blocks, cfg.block_size, max(hash_block_tokens, cfg.block_size),
+                          cfg.enable_prefix_caching)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.pending_kv: deque[Request] = deque()
+        """Requests whose KV must be pulled into this instance (it is their Follow)."""
+        self.ready_kv: list[Request] = []
+        """Hand-ins whose KV arrived; they join the running batch at the next iteration."""
+        self.num_transfers_in = 0
+        self.num_transfers_out = 0
+        self.queued_prefill_tokens = 0
+        """Prompt (or recompute) tokens not yet computed, over waiting and running requests."""
+        self.busy = False
+        self.hash_block_tokens = hash_block_tokens
+
+    # ---- queue ---------------------------------------------------------------------------
+    def enqueue(self, r: Request) -> None:
+        """Add a request to the waiting queue (FCFS)."""
+        r.instance = self.index
+        r.status = RequestStatus.WAITING
+        self.waiting.append(r)
+        self.queued_prefill_tokens += r.num_tokens - r.num_computed_tokens
+
+    @property
+    def capacity_tokens(self) -> int:
+        """KV capacity, tokens."""
+        return self.kv.num_blocks * self.kv.block_size
+
+    # ---- one iteration --------------------------------------------------------------------
+    def schedule(self) -> IterationPlan | None:
+        """Build the next iteration (vLLM V1 order); None when there is nothing to run."""
+        if not self.running and not self.waiting:
+            return None
+        plan = IterationPlan()
+        budget = self.cfg.max_num_batched_tokens
+        budget = self._schedule_running(plan, budget)
+        if not plan.num_preempted:
+            self._schedule_waiting(plan, budget)
+        return plan if plan.reqs else None
+
+    def _schedule_running(self, plan: IterationPlan, budget: int) -> int:
+        kv = self.kv
+        thr = self.cfg.long_prefill_token_threshold
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            n = r.num_tokens - r.num_computed_tokens
+            if thr and n > thr:
+                n = thr
+            if n > budget:
+                n = budget
+            need = kv.blocks_for(r.num_computed_tokens + n) - r.num_blocks
+            while need > kv.num_free:
+                victim = running.pop()
+                self.preempt(victim)
+                plan.num_preempted += 1
+                if victim is r:
+                    break
+            else:
+                kv.allocate(need)
+                r.num_blocks += need
+                self._add(plan, r, n)
+                budget -= n
+                i += 1
+                continue
+            break  # r itself was preempted: stop scheduling (vLLM does the same)
+        return budget
+
+    def _schedule_waiting(self, plan: IterationPlan, budget: int) -> None:
+        kv = self.kv
+        cfg = self.cfg
+        waiting = self.waiting
+        while waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+            r = waiting[0]
+            if r.num_computed_tokens == 0 and r.num_blocks == 0:
+                self._match_prefix(r)
+            n = r.num_tokens - r.num_computed_tokens
+            if not cfg.enable_chunked_prefill and n > budget:
+                break
+            if cfg.long_prefill_token_threshold and n > cfg.long_prefill_token_threshold:
+                n = cfg.long_prefill_token_threshold
+            if n > budget:
+                n = budget
+            need = kv.blocks_for(r.num_computed_tokens + n) - r.num_blocks
+            if not kv.allocate(need):
+                break
+            r.num_blocks += need
+            waiting.popleft()
+            self.running.append(r)
+            r.status = RequestStatus.RUNNING
+            self._add(plan, r, n)
+            budget -= n
+
+    def _match_prefix(self, r: Request) -> None:
+        """Take the cached leading blocks of ``r``'s prompt (skips their prefill)."""
+        kv = self.kv
+        h = kv.match_prefix(r.hashes, r.num_prompt_tokens)
+        if r.hashes is not None:
+            kv.num_query_tokens += r.num_prompt_tokens
+        if not h:
+            r.num_cached_prompt_tokens = 0
+            return
+        keys = tuple(r.hashes[:h].tolist())
+        kv.acquire(keys)
+        hit = h * kv.hash_block_tokens
+        kv.num_hit_tokens += hit
+        r.shared_hashes = keys
+        r.num_shared_blocks = h * kv.blocks_per_hash
+        r.num_blocks = r.num_shared_blocks
+        r.num_computed_tokens = hit
+        r.num_cached_prompt_tokens = hit
+        self.queued_prefill_tokens -= hit
+
+    @staticmethod
+    def _add(plan: IterationPlan, r: Request, n: int) -> None:
+        plan.reqs.append(r)
+        plan.num_new.append(n)
+        c = r.num_computed_tokens
+        if n == 1 and r.num_output_tokens and c == r.num_tokens - 1:
+            plan.num_decode_seqs += 1
+            plan.decode_ctx_tokens += c + 1
+        else:
+            plan.num_prefill_tokens += n
+            plan.num_prefill_seqs += 1
+            plan.prefill_ctx_tokens += c
+            plan.prefill_new_x_ctx += n * c
+            plan.prefill_new_sq += n * n
+
+    def preempt(self, r: Request) -> None:
+        """Evict a running request: free its blocks, requeue it first for recompute."""
+        self.release_blocks(r)
+        r.num_computed_tokens = 0
+        r.num_preemptions += 1
+        r.status = RequestStatus.WAITING
+        self.waiting.appendleft(r)
+        self.queued_prefill_tokens += r.num_tokens
+
+    def release_blocks(self, r: Request) -> None:
+        """Free ``r``'s private blocks and drop its prefix-cache references."""
+        kv = self.kv
+        kv.free(r.num_blocks - r.num_shared_blocks)
+        if r.shared_hashes:
+            kv.release(r.shared_hashes)
+        r.num_blocks = 0
+        r.num_shared_blocks = 0
+        r.shared_hashes = ()
+
+    def complete(self, plan: IterationPlan) -> list[Request]:
+        """Apply a finished iteration: advance counters, sample tokens.
+
+        Returns:
+            Requests that sampled their last token on this instance (``stop_tokens``); they
+            are removed from the running batch but keep their blocks (the caller frees them
+            or hands them over).
+        """
+        stopped = []
+        kv = self.kv
+        for r, n in zip(plan.reqs, plan.num_new, strict=True):
+            if r.num_output_tokens == 0 or r.num_computed_tokens < r.num_tokens - 1:
+                self.queued_prefill_tokens -= n
+            r.num_computed_tokens += n
+            if r.hashes is not None and kv.enable_prefix_caching:
+                self._register(r)
+            if r.num_computed_tokens == r.num_tokens:
+                r.num_output_tokens += 1
+                if r.num_output_tokens >= r.stop_tokens:
+                    stopped.append(r)
+        if stopped:
+            drop = set(map(id, stopped))
+            self.running = [r for r in self.running if id(r) not in drop]
+        return stopped
+
+    def _register(self, r: Request) -> None:
+        kv = self.kv
+        covered = min(r.num_computed_tokens, r.num_prompt_tokens) // kv.hash_block_tokens
+        j = len(r.shared_hashes)
+        if j >= covered or j >= len(r.hashes):
+            return
+        new = []
+        for key in r.hashes[j:covered].tolist():
+            if not kv.register(key):
+                break
+            new.append(key)
+        if new:
+            r.shared_hashes = r.shared_hashes + tuple(new)
+            r.num_shared_blocks += len(new) * kv.blocks_per_hash
+
+    # ---- closed-form decode runs -----------------------------------------------------------
+    def can_run_decodes(self) -> bool:
+        """Whether the next iterations are decode-only and nothing could join the batch."""
+        running = self.running
+        if not running:
+            return False
+        for r in running:
+            if r.num_output_tokens == 0 or r.num_computed_tokens != r.num_tokens - 1:
+                return False
+        if len(running) > self.cfg.max_num_batched_tokens:
+            return False
+        if self.waiting and len(running) < self.cfg.max_num_seqs:
+            return not self._head_admissible(self.cfg.max_num_batched_tokens - len(running))
+        return True
+
+    def _head_admissible(self, budget: int) -> bool:
+        if budget <= 0:
+            return False
+        r = self.waiting[0]
+        hit = 0
+        if r.num_computed_tokens == 0 and r.num_blocks == 0:
+            hit = self.kv.match_prefix(r.hashes, r.num_prompt_tokens) * self.kv.hash_block_tokens
+        n = r.num_tokens - max(r.num_computed_tokens, hit)
+        if not self.cfg.enable_chunked_prefill and n > budget:
+            return False
+        n = min(n, budget)
+        start = max(r.num_computed_tokens, hit)
+        need = self.kv.blocks_for(start + n) - max(r.num_blocks, hit // self.kv.block_size)
+        return need <= self.kv.num_free
+
+    def max_decode_run(self, limit: int) -> int:
+        """Largest k <= limit such that k decode iterations need no preemption or admission.
+
+        Bounded by the first member to reach its stop token and by free KV blocks.
+        """
+        k = limit
+        for r in self.running:
+            left = r.stop_tokens - r.num_output_tokens
+            if left < k:
+                k = left
+        if k <= 0:
+            return 0
+        kv = self.kv
+        free = kv.num_free
+        bs = kv.block_size
+        # blocks needed for k more tokens is monotone in k: shrink k until they fit
+        while k > 0:
+            need = 0
+            for r in self.running:
+                need += -(-(r.num_computed_tokens + k) // bs) - r.num_blocks
+            if need <= free:
+                return k
+            if k == 1:
+                return 0
+            k = max(1, min(k - 1, (k * free) // max(need, 1)))
+        return 0
+
+    def reserve_decode_run(self, k: int) -> None:
+        """Allocate the blocks ``k`` decode iterations will fill (called at run start).
+
+        Also records, for :meth:`run_new_blocks`, how many sequences cross a block boundary
+        at each token offset: sequence r with ``c`` cached tokens needs a new block after
+        ``j`` more tokens ``floor((o + j) / bs)`` times, ``o = (c - 1) mod bs``.
+        """
+        kv = self.kv
+        bs = kv.block_size
+        total = 0
+        hist = [0] * bs
+        for r in self.running:
+            c = r.num_computed_tokens
+            need = -(-(c + k) // bs) - r.num_blocks
+            r.num_blocks += need
+            total += need
+            hist[(c - 1) % bs] += 1
+        ok = kv.allocate(total)
+        assert ok, "decode run reserved more blocks than free"
+        # crossing[t] = sequences with o >= bs - t, i.e. one extra block after t tokens
+        crossing = [0] * bs
+        acc = 0
+        for t in range(1, bs):
+            acc += hist[bs - t]
+            crossing[t] = acc
+        self._run_crossing = crossing
+        self._run_seqs = len(self.running)
+
+    def run_new_blocks(self, j: int) -> int:
+        """Blocks the current decode run's batch has added after ``j`` of its iterations."""
+        bs = self.kv.block_size
+        return self._run_seqs * (j // bs) + self._run_crossing[j % bs]
+
+    def shrink_decode_run(self, planned: int, done: int) -> None:
+        """Cut a reserved run of ``planned`` iterations to ``done``: free the extra blocks."""
+        if done >= planned:
+            return
+        bs = self.kv.block_size
+        extra = 0
+        for r in self.running:
+            c0 = r.num_computed_tokens
+            over = -(-(c0 + planned) // bs) - -(-(c0 + done) // bs)
+            r.num_blocks -= over
+            extra += over
+        if extra:
+            self.kv.free(extra)
+
+    def reserved_excess_blocks(self, planned: int, done: int) -> int:
+        """Blocks a run reserved for iterations after ``done`` (what a cut would free)."""
+        bs = self.kv.block_size
+        return sum(-(-(r.num_computed_tokens + planned) // bs)
+                   - -(-(r.num_computed_tokens + done) // bs) for r in self.running)
+
+    def finish_decode_run(self, done: int) -> list[Request]:
+        """Apply ``done`` reserved decode iterations; returns the requests that stopped."""
+        stopped = []
+        for r in self.running:
+            r.num_computed_tokens += done
+            r.num_output_tokens += done
+            if r.num_output_tokens >= r.stop_tokens:
+                stopped.append(r)
+        if stopped:
+            drop = set(map(id, stopped))
+            self.running = [r for r in self.running if id(r) not in drop]
+        return stopped
+
+    def decode_batch(self) -> tuple[int, int]:
+        """``(num_seqs, sum of attended context tokens)`` of the current decode batch."""
+        return len(self.running), sum(r.num_computed_tokens + 1 for r in self.running)

@@ -1,0 +1,173 @@
+"""Built-in routers: a name -> class dict next to a tiny base class.
+
+Every router maps ``(ClusterView, RequestInfo) -> Decision`` and breaks ties by the lowest
+instance index, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.routing import ClusterView, Decision, RequestInfo
+
+COLOCATE = 1 << 30
+"""A split larger than any output: the Lead samples every token (colocated)."""
+
+
+class Router:
+    """Base class: override :meth:`__call__`; :meth:`reset` clears state between runs."""
+
+    name = "router"
+
+    def reset(self) -> None:
+        """Forget state (called when a simulation starts)."""
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Choose Lead, Follow and split for ``req``."""
+        raise NotImplementedError
+
+
+def _eligible(view: ClusterView, req: RequestInfo, roles: tuple[str, ...]) -> np.ndarray:
+    """Instances of the given roles whose KV could ever hold the request (all if none can)."""
+    need = req.num_prompt_tokens + req.predicted_output_tokens
+    idx = np.array([i for i, r in enumerate(view.role) if r in roles], dtype=np.int64)
+    if idx.size == 0:
+        idx = np.arange(view.num_instances)
+    ok = idx[view.fits(need)[idx]]
+    return ok if ok.size else idx
+
+
+class RoundRobin(Router):
+    """Colocated; cycle over unified instances."""
+
+    name = "round_robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def reset(self) -> None:
+        """Restart the cycle at instance 0."""
+        self._next = 0
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Next eligible instance in cyclic order."""
+        idx = _eligible(view, req, ("unified",))
+        i = int(idx[self._next % idx.size])
+        self._next += 1
+        return Decision(i, i, COLOCATE)
+
+
+class JoinShortestQueue(Router):
+    """Colocated; the instance with the fewest waiting + running requests."""
+
+    name = "join_shortest_queue"
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Shortest queue among eligible unified instances."""
+        idx = _eligible(view, req, ("unified",))
+        load = view.num_waiting[idx] + view.num_running[idx]
+        i = int(idx[int(np.argmin(load))])
+        return Decision(i, i, COLOCATE)
+
+
+class LeastOutstandingTokens(Router):
+    """Colocated; the least outstanding work: queued prefill tokens plus resident KV tokens."""
+
+    name = "least_outstanding_tokens"
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Least-loaded eligible unified instance by tokens."""
+        idx = _eligible(view, req, ("unified",))
+        load = view.queued_prefill_tokens[idx] + view.kv_used_blocks[idx] * view.block_size
+        i = int(idx[int(np.argmin(load))])
+        return Decision(i, i, COLOCATE)
+
+
+class DistServeRouter(Router):
+    """DistServe: shortest prefill queue in the prefill pool, least-loaded decode instance.
+
+    Pools are the ``prefill`` and ``decode`` roles (unified instances join both when a pool
+    is empty). Split is 1: the decode instance samples every token after the first.
+    """
+
+    name = "distserve"
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Shortest prefill queue, then the decode instance with the most free KV."""
+        pre = _eligible(view, req, ("prefill",) if "prefill" in view.role else ("unified",))
+        i = int(pre[int(np.argmin(view.queued_prefill_tokens[pre] + view.num_waiting[pre]))])
+        dec = _eligible(view, req, ("decode",) if "decode" in view.role else ("unified",))
+        load = view.kv_used_frac[dec] + 1e-3 * (view.num_running[dec] + view.num_transfers_in[dec])
+        j = int(dec[int(np.argmin(load))])
+        return Decision(i, j, 1)
+
+
+class DynaServeHeuristic(Router):
+    """Tandem split from predicted prefill/decode work and current load (DynaServe-style).
+
+    Lead = least queued prefill work; Follow = least KV usage among the others; the split
+    gives the Lead a share of the predicted output that grows as the Follow gets busier
+    relative to the Lead, so decode work moves toward the less loaded side::
+
+        lead_load   = queued_prefill_tokens + resident KV tokens (Lead)
+        follow_load = resident KV tokens + pending hand-ins x prompt (Follow)
+        split = max(1, round(predicted_output * follow_load / (lead_load + follow_load)))
+    """
+
+    name = "dynaserve"
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Pick Lead, Follow and a load-balancing split."""
+        idx = _eligible(view, req, ("unified", "prefill", "decode"))
+        resident = view.kv_used_blocks * view.block_size
+        lead_load = view.queued_prefill_tokens + resident
+        i = int(idx[int(np.argmin(lead_load[idx]))])
+        others = idx[idx != i]
+        if others.size == 0:
+            return Decision(i, i, COLOCATE)
+        follow_load = resident + view.num_transfers_in * req.num_prompt_tokens
+        j = int(others[int(np.argmin(follow_load[others]))])
+        li, fj = float(lead_load[i]) + 1.0, float(follow_load[j]) + 1.0
+        split = max(1, round(req.predicted_output_tokens * fj / (li + fj)))
+        return Decision(i, j, int(split))
+
+
+class RandomRouter(Router):
+    """Uniformly random Lead, Follow and split in 1..predicted output (seeded)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self._seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Reseed."""
+        self._rng = np.random.default_rng(self._seed)
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Random valid decision."""
+        idx = _eligible(view, req, ("unified", "prefill", "decode"))
+        i, j = (int(x) for x in self._rng.choice(idx, size=2))
+        split = int(self._rng.integers(1, max(req.predicted_output_tokens, 1) + 1))
+        return Decision(i, j, split)
+
+
+ROUTERS: dict[str, type[Router]] = {
+    r.name: r
+    for r in (RoundRobin, JoinShortestQueue, LeastOutstandingTokens, DistServeRouter,
+              DynaServeHeuristic, RandomRouter)
+}
+"""Router name -> class; configs hold the name."""
+
+
+def make_router(name: str, **kwargs) -> Router:
+    """Build a router by name.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+    """
+    try:
+        return ROUTERS[name](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown router {name!r}; choose one of {', '.join(ROUTERS)}") from None
