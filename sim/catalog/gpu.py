@@ -12,7 +12,7 @@ from sim.catalog._load import normalise_name as _norm
 GIB = 1 << 30
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GpuSpec:
     """One GPU model as its vendor's datasheet states it.
 

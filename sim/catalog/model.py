@@ -17,7 +17,7 @@ POSITION_EMBEDDINGS = ("rope", "learned", "alibi")
 NORMS = ("rmsnorm", "layernorm")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ModelSpec:
     """One decoder-only transformer, numbers as in its published ``config.json``.
 

@@ -45,6 +45,10 @@ class ClusterConfig:
         """GPUs in the cluster."""
         return self.num_nodes * self.gpus_per_node
 
+    def num_gpus_used(self) -> int:
+        """GPUs the instances occupy (goodput per GPU divides by this)."""
+        return sum(c.num_gpus for c in self.expanded())
+
     def expanded(self) -> list[InstanceConfig]:
         """One config per instance (groups expanded by ``replicas``)."""
         out = []

@@ -84,7 +84,7 @@ def make_backend_for(model: ModelSpec, gpu: GpuSpec, cfg: InstanceConfig,
 def build_instances(model: ModelSpec, gpu: GpuSpec, cluster: ClusterConfig, sim: SimConfig,
                     hash_block_tokens: int) -> BuiltCluster:
     """Create every instance with its KV capacity and (shared) latency backend."""
-    cfgs = cluster.expanded()
+    cfgs = [c.resolved(gpu.memory_gib, gpu.name) for c in cluster.expanded()]
     nodes = place(cluster)
     engine_name = "distserve" if sim.perf_backend == "distserve" else sim.engine
     engine = load_engine_params(engine_name)

@@ -199,6 +199,7 @@ class Simulator:
             self._terminate(r, RequestStatus.REJECTED, reason)
             return r
         inst = self.instances[r.lead]
+        r.stop_tokens = r.split_tokens
         inst.enqueue(r)
         self._touch(r.lead)
         return r
@@ -316,13 +317,12 @@ class Simulator:
         backend = self.backends[idx]
         scale = 1.0 / self._pp[idx]
         now = self.now_s
-        if self.cfg.fast_forward and inst.can_run_decodes():
-            k = inst.max_decode_run(RUN_LIMIT)
-            if k >= 2:
+        if self.cfg.fast_forward:
+            k = inst.plan_decode_run(RUN_LIMIT)
+            if k:
                 b, ctx = inst.decode_batch()
                 a, s, f, c = backend.decode_line(b, ctx)
                 line = DecodeLine(a * scale, s * scale, f * scale, c * scale)
-                inst.reserve_decode_run(k)
                 op.plan, op.line, op.k_planned, op.k_done = None, line, k, k
                 op.start_s, op.end_s = now, now + cum_time_s(line, k)
                 op.step_s = line.a_s + line.const_s
@@ -393,8 +393,10 @@ class Simulator:
             need = kv.blocks_for(r.num_computed_tokens)
             if need > kv.num_free:
                 op = self._ops[f.index]
-                if not (op.line is not None and need <= kv.num_free + f.reserved_excess_blocks(
-                        op.k_done, iters_within(op.line, self.now_s - op.start_s) + 1)):
+                if op.line is None or not f.busy:
+                    return
+                j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
+                if need > kv.num_free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
                     return
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
             kv.allocate(need)
@@ -432,6 +434,7 @@ class Simulator:
         lead.num_transfers_out -= 1
         self._touch(r.lead)
         r.num_blocks = follow.kv.blocks_for(r.num_computed_tokens)
+        r.stop_tokens = r.max_output_tokens
         r.instance = follow.index
         r.transfer_end_s = self.now_s
         follow.ready_kv.append(r)  # joins the batch when the instance next schedules

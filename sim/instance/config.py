@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 ROLES = ("unified", "prefill", "decode")
@@ -13,8 +14,9 @@ decode are DistServe pools. Roles guide routers; the simulator executes any deci
 class InstanceConfig:
     """A vLLM engine on ``tensor_parallel_size x pipeline_parallel_size`` GPUs of one node.
 
-    Defaults are vLLM V1's ``vllm serve`` defaults on GPUs with < 70 GiB or A100 (2048 batched
-    tokens, 256 sequences); :func:`vllm_default_limits` gives the H100-class values.
+    Defaults are vLLM V1's ``vllm serve`` defaults; 0 for ``max_num_seqs`` or
+    ``max_num_batched_tokens`` means "what vLLM picks for this GPU" (:func:`vllm_default_limits`,
+    resolved by :meth:`resolved`).
     """
 
     role: str = "unified"
@@ -23,10 +25,10 @@ class InstanceConfig:
     """GPUs per pipeline stage (``--tensor-parallel-size``)."""
     pipeline_parallel_size: int = 1
     """Pipeline stages (``--pipeline-parallel-size``)."""
-    max_num_seqs: int = 256
-    """Sequences per iteration (``--max-num-seqs``)."""
-    max_num_batched_tokens: int = 2048
-    """Token budget per iteration (``--max-num-batched-tokens``)."""
+    max_num_seqs: int = 0
+    """Sequences per iteration (``--max-num-seqs``); 0 = vLLM's default for the GPU."""
+    max_num_batched_tokens: int = 0
+    """Token budget per iteration (``--max-num-batched-tokens``); 0 = vLLM's default."""
     enable_chunked_prefill: bool = True
     """Split long prompts across iterations (``--enable-chunked-prefill``, V1 default on)."""
     enable_prefix_caching: bool = True
@@ -49,11 +51,14 @@ class InstanceConfig:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"instance role {self.role!r} is not one of {', '.join(ROLES)}")
+        for name in ("max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"instance field {name!r} must be an integer >= 0 (0 = vLLM "
+                                 f"default), got {value!r}")
         for name in (
             "tensor_parallel_size",
             "pipeline_parallel_size",
-            "max_num_seqs",
-            "max_num_batched_tokens",
             "block_size",
             "replicas",
         ):
@@ -69,6 +74,15 @@ class InstanceConfig:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+
+    def resolved(self, gpu_memory_gib: float, gpu_name: str) -> InstanceConfig:
+        """A copy with vLLM's GPU-dependent defaults filled in for zero limits."""
+        tokens, seqs = vllm_default_limits(gpu_memory_gib, gpu_name)
+        return dataclasses.replace(
+            self,
+            max_num_batched_tokens=self.max_num_batched_tokens or tokens,
+            max_num_seqs=self.max_num_seqs or seqs,
+        )
 
     @property
     def num_gpus(self) -> int:

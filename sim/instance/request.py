@@ -106,6 +106,8 @@ class Request:
     """Prefix-cache entries it holds a reference to on the current instance."""
     num_cached_prompt_tokens: int = 0
     """Prompt tokens served from the prefix cache at its (last) admission."""
+    stop_tokens: int = 0
+    """Outputs after which it leaves its current instance (split on the Lead, else all)."""
     num_preemptions: int = 0
     first_scheduled_s: float = -1.0
     """First time any of its tokens was scheduled."""
@@ -132,10 +134,3 @@ class Request:
     def is_prefilling(self) -> bool:
         """Whether its next scheduled tokens are prompt (or recompute) tokens."""
         return self.num_computed_tokens < self.num_tokens - 1 or self.num_output_tokens == 0
-
-    @property
-    def stop_tokens(self) -> int:
-        """Outputs after which it leaves the current instance (split on the Lead, else all)."""
-        if self.instance == self.lead and self.split_tokens < self.max_output_tokens:
-            return self.split_tokens
-        return self.max_output_tokens

@@ -253,19 +253,57 @@ class Instance:
             r.num_shared_blocks += len(new) * kv.blocks_per_hash
 
     # ---- closed-form decode runs -----------------------------------------------------------
-    def can_run_decodes(self) -> bool:
-        """Whether the next iterations are decode-only and nothing could join the batch."""
+    def plan_decode_run(self, limit: int) -> int:
+        """Plan and reserve a decode-only run; returns its length k (0: schedule normally).
+
+        A run is possible when every running request decodes and nothing could join the batch
+        (empty queue, no free sequence slot, or the head of the queue cannot get its blocks).
+        k is bounded by ``limit``, by the first member to reach its stop token, and by free
+        blocks. One pass over the batch also records how many sequences cross a block boundary
+        at each token offset (sequence r with ``c`` cached tokens needs a new block after ``j``
+        more tokens ``floor((o + j) / bs)`` times, ``o = (c - 1) mod bs``), so block counts of
+        the run are O(1) afterwards (:meth:`run_new_blocks`).
+        """
         running = self.running
-        if not running:
-            return False
+        if not running or len(running) > self.cfg.max_num_batched_tokens:
+            return 0
+        kv = self.kv
+        bs = kv.block_size
+        hist = [0] * bs
+        k = limit
+        ctx = 0
         for r in running:
-            if r.num_output_tokens == 0 or r.num_computed_tokens != r.num_tokens - 1:
-                return False
-        if len(running) > self.cfg.max_num_batched_tokens:
-            return False
-        if self.waiting and len(running) < self.cfg.max_num_seqs:
-            return not self._head_admissible(self.cfg.max_num_batched_tokens - len(running))
-        return True
+            c = r.num_computed_tokens
+            out = r.num_output_tokens
+            if not out or c != r.num_prompt_tokens + out - 1:
+                return 0
+            left = r.stop_tokens - out
+            if left < k:
+                k = left
+            hist[(c - 1) % bs] += 1
+            ctx += c
+        self.run_ctx_tokens = ctx + len(running)
+        if k < 2:
+            return 0
+        if self.waiting and len(running) < self.cfg.max_num_seqs and self._head_admissible(
+                self.cfg.max_num_batched_tokens - len(running)):
+            return 0
+        crossing = [0] * bs
+        acc = 0
+        for t in range(1, bs):
+            acc += hist[bs - t]
+            crossing[t] = acc
+        self._run_crossing = crossing
+        self._run_seqs = seqs = len(running)
+        free = kv.num_free
+        if seqs * (k // bs) + crossing[k % bs] > free:
+            k = min(k, (free // seqs) * bs + bs - 1)
+            while k > 0 and seqs * (k // bs) + crossing[k % bs] > free:
+                k -= 1
+            if k < 2:
+                return 0
+        kv.allocate(self.run_new_blocks(k))
+        return k
 
     def _head_admissible(self, budget: int) -> bool:
         if budget <= 0:
@@ -274,68 +312,13 @@ class Instance:
         hit = 0
         if r.num_computed_tokens == 0 and r.num_blocks == 0:
             hit = self.kv.match_prefix(r.hashes, r.num_prompt_tokens) * self.kv.hash_block_tokens
-        n = r.num_tokens - max(r.num_computed_tokens, hit)
+        start = max(r.num_computed_tokens, hit)
+        n = r.num_tokens - start
         if not self.cfg.enable_chunked_prefill and n > budget:
             return False
         n = min(n, budget)
-        start = max(r.num_computed_tokens, hit)
         need = self.kv.blocks_for(start + n) - max(r.num_blocks, hit // self.kv.block_size)
         return need <= self.kv.num_free
-
-    def max_decode_run(self, limit: int) -> int:
-        """Largest k <= limit such that k decode iterations need no preemption or admission.
-
-        Bounded by the first member to reach its stop token and by free KV blocks.
-        """
-        k = limit
-        for r in self.running:
-            left = r.stop_tokens - r.num_output_tokens
-            if left < k:
-                k = left
-        if k <= 0:
-            return 0
-        kv = self.kv
-        free = kv.num_free
-        bs = kv.block_size
-        # blocks needed for k more tokens is monotone in k: shrink k until they fit
-        while k > 0:
-            need = 0
-            for r in self.running:
-                need += -(-(r.num_computed_tokens + k) // bs) - r.num_blocks
-            if need <= free:
-                return k
-            if k == 1:
-                return 0
-            k = max(1, min(k - 1, (k * free) // max(need, 1)))
-        return 0
-
-    def reserve_decode_run(self, k: int) -> None:
-        """Allocate the blocks ``k`` decode iterations will fill (called at run start).
-
-        Also records, for :meth:`run_new_blocks`, how many sequences cross a block boundary
-        at each token offset: sequence r with ``c`` cached tokens needs a new block after
-        ``j`` more tokens ``floor((o + j) / bs)`` times, ``o = (c - 1) mod bs``.
-        """
-        kv = self.kv
-        bs = kv.block_size
-        total = 0
-        hist = [0] * bs
-        for r in self.running:
-            c = r.num_computed_tokens
-            need = -(-(c + k) // bs) - r.num_blocks
-            r.num_blocks += need
-            total += need
-            hist[(c - 1) % bs] += 1
-        ok = kv.allocate(total)
-        assert ok, "decode run reserved more blocks than free"
-        # crossing[t] = sequences with o >= bs - t, i.e. one extra block after t tokens
-        crossing = [0] * bs
-        acc = 0
-        for t in range(1, bs):
-            acc += hist[bs - t]
-            crossing[t] = acc
-        self._run_crossing = crossing
-        self._run_seqs = len(self.running)
 
     def run_new_blocks(self, j: int) -> int:
         """Blocks the current decode run's batch has added after ``j`` of its iterations."""
@@ -344,31 +327,20 @@ class Instance:
 
     def shrink_decode_run(self, planned: int, done: int) -> None:
         """Cut a reserved run of ``planned`` iterations to ``done``: free the extra blocks."""
-        if done >= planned:
-            return
-        bs = self.kv.block_size
-        extra = 0
-        for r in self.running:
-            c0 = r.num_computed_tokens
-            over = -(-(c0 + planned) // bs) - -(-(c0 + done) // bs)
-            r.num_blocks -= over
-            extra += over
-        if extra:
-            self.kv.free(extra)
-
-    def reserved_excess_blocks(self, planned: int, done: int) -> int:
-        """Blocks a run reserved for iterations after ``done`` (what a cut would free)."""
-        bs = self.kv.block_size
-        return sum(-(-(r.num_computed_tokens + planned) // bs)
-                   - -(-(r.num_computed_tokens + done) // bs) for r in self.running)
+        if done < planned:
+            self.kv.free(self.run_new_blocks(planned) - self.run_new_blocks(done))
 
     def finish_decode_run(self, done: int) -> list[Request]:
         """Apply ``done`` reserved decode iterations; returns the requests that stopped."""
         stopped = []
+        bs = self.kv.block_size
         for r in self.running:
-            r.num_computed_tokens += done
-            r.num_output_tokens += done
-            if r.num_output_tokens >= r.stop_tokens:
+            c = r.num_computed_tokens + done
+            r.num_computed_tokens = c
+            r.num_blocks = -(-c // bs)
+            out = r.num_output_tokens + done
+            r.num_output_tokens = out
+            if out >= r.stop_tokens:
                 stopped.append(r)
         if stopped:
             drop = set(map(id, stopped))
@@ -376,5 +348,5 @@ class Instance:
         return stopped
 
     def decode_batch(self) -> tuple[int, int]:
-        """``(num_seqs, sum of attended context tokens)`` of the current decode batch."""
-        return len(self.running), sum(r.num_computed_tokens + 1 for r in self.running)
+        """``(num_seqs, attended context tokens)`` of the run planned last."""
+        return self._run_seqs, self.run_ctx_tokens

@@ -1,0 +1,232 @@
+"""Per-request records and run summaries: TTFT, TPOT, E2E, SLO attainment, goodput.
+
+Definitions (DistServe's, used throughout):
+
+* TTFT = first token - arrival; TPOT = (last token - first token) / (output - 1), 0 for a
+  one-token output; E2E = last token - arrival.
+* SLO attainment = share of *all* requests that entered (completed or not) meeting both the
+  TTFT and TPOT SLOs; a rejected or failed request never meets them.
+* Goodput = the highest arrival rate at which attainment stays >= the target (see
+  :func:`goodput_search`), per GPU when divided by the GPUs used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sim.instance import REASON_TEXT, Reason, Request, RequestStatus
+
+RECORD_COLUMNS = (
+    "rid", "arrival_s", "prompt_tokens", "output_tokens", "cached_prompt_tokens", "status",
+    "reason", "lead", "follow", "split_tokens", "num_preemptions", "first_scheduled_s",
+    "first_token_s", "lead_done_s", "transfer_start_s", "transfer_end_s", "finish_s",
+)
+
+
+def records(requests: Sequence[Request]) -> pd.DataFrame:
+    """One row per request that entered, with derived latencies (seconds).
+
+    Derived columns: ``queue_s`` (arrival to first scheduled), ``prefill_s`` (first scheduled
+    to first token), ``transfer_s`` (hand-over requested to KV arrived, incl. waiting for the
+    Follow's blocks), ``decode_s`` (first token to last, minus transfer), ``ttft_s``,
+    ``tpot_s``, ``e2e_s``; NaN where a request never got there.
+    """
+    rows = [
+        (r.rid, r.arrival_s, r.num_prompt_tokens, r.max_output_tokens,
+         r.num_cached_prompt_tokens, int(r.status), int(r.reason), r.lead, r.follow,
+         r.split_tokens, r.num_preemptions, r.first_scheduled_s, r.first_token_s,
+         r.lead_done_s, r.transfer_start_s, r.transfer_end_s, r.finish_s)
+        for r in requests
+    ]
+    df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    for c in ("first_scheduled_s", "first_token_s", "lead_done_s", "transfer_start_s",
+              "transfer_end_s"):
+        df[c] = df[c].where(df[c] >= 0)
+    done = df.status == int(RequestStatus.COMPLETED)
+    df["outcome"] = df.status.map({int(s): s.name.lower() for s in RequestStatus})
+    df["reason_text"] = df.reason.map({int(k): v for k, v in REASON_TEXT.items()})
+    df["queue_s"] = df.first_scheduled_s - df.arrival_s
+    df["prefill_s"] = df.first_token_s - df.first_scheduled_s
+    df["transfer_s"] = (df.transfer_end_s - df.lead_done_s).fillna(0.0).where(done)
+    df["ttft_s"] = (df.first_token_s - df.arrival_s).where(done)
+    denom = (df.output_tokens - 1).clip(lower=1)
+    df["tpot_s"] = ((df.finish_s - df.first_token_s) / denom).where(done)
+    df.loc[done & (df.output_tokens <= 1), "tpot_s"] = 0.0
+    df["e2e_s"] = (df.finish_s - df.arrival_s).where(done)
+    df["decode_s"] = (df.finish_s - df.first_token_s - df.transfer_s).where(done)
+    return df
+
+
+@dataclass
+class SLO:
+    """Latency objectives and the attainment target."""
+
+    ttft_s: float = 0.25
+    """Time-to-first-token SLO, seconds."""
+    tpot_s: float = 0.1
+    """Time-per-output-token SLO, seconds."""
+    attainment_target_frac: float = 0.9
+    """Share of requests that must meet both SLOs."""
+
+    def __post_init__(self) -> None:
+        if self.ttft_s <= 0 or self.tpot_s <= 0:
+            raise ValueError(f"SLOs must be > 0 seconds, got ttft_s={self.ttft_s}, "
+                             f"tpot_s={self.tpot_s}")
+        if not 0 < self.attainment_target_frac <= 1:
+            raise ValueError("slo.attainment_target_frac must be in (0, 1], got "
+                             f"{self.attainment_target_frac}")
+
+
+def slo_met(df: pd.DataFrame, slo: SLO) -> np.ndarray:
+    """Boolean per record: completed and within both SLOs."""
+    return ((df.status == int(RequestStatus.COMPLETED)) & (df.ttft_s <= slo.ttft_s)
+            & (df.tpot_s <= slo.tpot_s)).to_numpy()
+
+
+def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 0) -> dict:
+    """Headline numbers of one run (JSON-serialisable).
+
+    Args:
+        df: :func:`records` of the run.
+        slo: objectives.
+        num_gpus: GPUs of the cluster (for per-GPU rates).
+        num_not_entered: workload requests that never arrived (time limit), reported only.
+
+    Returns:
+        Counts by outcome (conserved: entered = completed + rejected + failed), latency
+        percentiles, SLO attainment (joint and each), throughput, breakdown means.
+    """
+    n = len(df)
+    status = df.status.to_numpy()
+    counts = {s.name.lower(): int((status == int(s)).sum())
+              for s in (RequestStatus.COMPLETED, RequestStatus.REJECTED, RequestStatus.FAILED)}
+    assert sum(counts.values()) == n, "a request ended in a non-terminal state"
+    reasons = {Reason(int(k)).name.lower(): int(v)
+               for k, v in df.reason[df.reason != 0].value_counts().items()}
+    done = df[status == int(RequestStatus.COMPLETED)]
+    span = (df.finish_s.max() - df.arrival_s.min()) if n else 0.0
+    out = {
+        "num_requests": n,
+        **{f"num_{k}": v for k, v in counts.items()},
+        "num_not_entered": int(num_not_entered),
+        "reasons": reasons,
+        "duration_s": float(span),
+        "request_rate_per_s": float(n / (df.arrival_s.max() - df.arrival_s.min()))
+        if n > 1 else 0.0,
+        "throughput_req_per_s": float(len(done) / span) if span > 0 else 0.0,
+        "output_tokens_per_s": float(done.output_tokens.sum() / span) if span > 0 else 0.0,
+        "slo_attainment": float(slo_met(df, slo).mean()) if n else 0.0,
+        "ttft_attainment": float((done.ttft_s <= slo.ttft_s).sum() / n) if n else 0.0,
+        "tpot_attainment": float((done.tpot_s <= slo.tpot_s).sum() / n) if n else 0.0,
+        "num_gpus": int(num_gpus),
+        "prefix_hit_frac": float(df.cached_prompt_tokens.sum() / max(df.prompt_tokens.sum(), 1)),
+        "num_preemptions": int(df.num_preemptions.sum()),
+    }
+    for col in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "prefill_s", "transfer_s", "decode_s"):
+        v = done[col].dropna().to_numpy()
+        name = col[:-2]
+        if v.size:
+            out[f"{name}_mean_s"] = float(v.mean())
+            for p in (50, 90, 99):
+                out[f"{name}_p{p}_s"] = float(np.percentile(v, p))
+        else:
+            out[f"{name}_mean_s"] = float("nan")
+    return out
+
+
+def goodput_search(
+    attainment_at: Callable[[float], float],
+    target_frac: float,
+    lo_rate: float,
+    hi_rate: float,
+    rel_tol: float = 0.02,
+    max_iters: int = 20,
+) -> tuple[float, list[tuple[float, float]]]:
+    """Highest rate with ``attainment_at(rate) >= target_frac``, by bracketing and bisection.
+
+    Assumes attainment falls with rate. ``hi_rate`` is doubled until attainment drops below
+    the target (at most ``max_iters`` times), then the bracket is bisected to ``rel_tol``.
+
+    Returns:
+        ``(goodput_rate, [(rate, attainment), ...])`` of every evaluation, in order; goodput
+        is 0 when even ``lo_rate`` misses the target.
+    """
+    if not 0 < lo_rate < hi_rate:
+        raise ValueError(f"need 0 < lo_rate < hi_rate, got {lo_rate}, {hi_rate}")
+    curve = []
+
+    def att(rate: float) -> float:
+        a = attainment_at(rate)
+        curve.append((rate, a))
+        return a
+
+    if att(lo_rate) < target_frac:
+        return 0.0, curve
+    good, bad = lo_rate, hi_rate
+    for _ in range(max_iters):
+        if att(bad) < target_frac:
+            break
+        good, bad = bad, bad * 2
+    else:
+        return good, curve
+    for _ in range(max_iters):
+        if bad - good <= rel_tol * good:
+            break
+        mid = 0.5 * (good + bad)
+        if att(mid) >= target_frac:
+            good = mid
+        else:
+            bad = mid
+    return good, curve
+
+
+def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None) -> None:
+    """Write TTFT / TPOT / E2E CDFs of completed requests to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = df[df.status == int(RequestStatus.COMPLETED)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, col, lim in zip(axes, ("ttft_s", "tpot_s", "e2e_s"),
+                            (slo.ttft_s if slo else None, slo.tpot_s if slo else None, None),
+                            strict=True):
+        v = np.sort(done[col].dropna().to_numpy())
+        if v.size:
+            ax.plot(v, np.arange(1, v.size + 1) / v.size)
+        if lim:
+            ax.axvline(lim, color="r", ls="--", lw=0.8, label="SLO")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(col.replace("_s", " (s)"))
+        ax.set_ylabel("CDF")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_attainment_curve(curve: Sequence[tuple[float, float]], target: float, path,
+                          num_gpus: int) -> None:
+    """Attainment vs rate per GPU, with the target line, to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(curve)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r / num_gpus for r, _ in pts], [a for _, a in pts], "o-")
+    ax.axhline(target, color="r", ls="--", lw=0.8, label=f"target {target:.0%}")
+    ax.set_xlabel("arrival rate per GPU (req/s)")
+    ax.set_ylabel("SLO attainment")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
