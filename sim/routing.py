@@ -47,30 +47,75 @@ class RequestInfo:
     """Longest prefix-cache hit over instances, tokens (0 if unknown)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterView:
-    """Per-instance load at a decision time. All arrays are ``(n_instances,)``."""
+VIEW_FIELDS = (
+    "num_waiting",
+    "num_running",
+    "queued_prefill_tokens",
+    "kv_used_blocks",
+    "kv_total_blocks",
+    "num_transfers_in",
+    "num_transfers_out",
+)
+"""Per-instance arrays of a :class:`ClusterView`, each ``(n_instances,)`` int64."""
 
-    now_s: float
-    """Simulated (or wall-clock) time of the snapshot, seconds."""
-    role: tuple[str, ...]
-    """unified / prefill / decode per instance."""
-    num_waiting: np.ndarray
-    """Requests in the waiting queue (int64)."""
-    num_running: np.ndarray
-    """Requests in the running batch (int64)."""
-    queued_prefill_tokens: np.ndarray
-    """Prompt tokens not yet computed over waiting and running requests (int64)."""
-    kv_used_blocks: np.ndarray
-    """KV blocks held by requests (int64)."""
-    kv_total_blocks: np.ndarray
-    """KV blocks of the instance (int64)."""
-    num_transfers_in: np.ndarray
-    """KV hand-overs pending or in flight into the instance (int64)."""
-    num_transfers_out: np.ndarray
-    """KV hand-overs pending or in flight out of the instance (int64)."""
-    block_size: int = 16
-    """Tokens per KV block."""
+
+def _field(name: str, doc: str) -> property:
+    def get(self: ClusterView) -> np.ndarray:
+        value = self._values[name]
+        if callable(value):
+            value = np.asarray(value(), dtype=np.int64)
+            self._values[name] = value
+        return value
+
+    return property(get, doc=doc)
+
+
+class ClusterView:
+    """Per-instance load at a decision time. All arrays are ``(n_instances,)`` int64.
+
+    Each array may be given as an array or as a zero-argument callable that returns one; a
+    callable is evaluated on first access and cached, so a router pays only for what it reads
+    (the simulator builds views lazily, the live router eagerly from scraped metrics).
+    Treat the arrays as read-only.
+    """
+
+    __slots__ = ("now_s", "role", "block_size", "_values")
+
+    def __init__(self, now_s: float, role: tuple[str, ...], block_size: int = 16,
+                 **arrays) -> None:
+        """Create a view.
+
+        Args:
+            now_s: time of the snapshot, seconds.
+            role: unified / prefill / decode per instance.
+            block_size: tokens per KV block.
+            **arrays: every name in :data:`VIEW_FIELDS`, as an array or a callable.
+        """
+        missing = set(VIEW_FIELDS) - set(arrays)
+        extra = set(arrays) - set(VIEW_FIELDS)
+        if missing or extra:
+            raise TypeError(f"ClusterView needs exactly {VIEW_FIELDS}; missing "
+                            f"{sorted(missing)}, unknown {sorted(extra)}")
+        self.now_s = now_s
+        self.role = role
+        self.block_size = block_size
+        self._values = arrays
+
+    num_waiting = _field("num_waiting", "Requests in the waiting queue.")
+    num_running = _field("num_running", "Requests in the running batch.")
+    queued_prefill_tokens = _field(
+        "queued_prefill_tokens", "Prompt tokens not yet computed over waiting and running.")
+    kv_used_blocks = _field("kv_used_blocks", "KV blocks held by requests.")
+    kv_total_blocks = _field("kv_total_blocks", "KV blocks of the instance.")
+    num_transfers_in = _field("num_transfers_in",
+                              "KV hand-overs pending or in flight into the instance.")
+    num_transfers_out = _field("num_transfers_out",
+                               "KV hand-overs pending or in flight out of the instance.")
+
+    def snapshot(self) -> ClusterView:
+        """A copy with every array evaluated (safe to keep after the simulator moves on)."""
+        return ClusterView(self.now_s, self.role, self.block_size,
+                           **{k: np.array(getattr(self, k)) for k in VIEW_FIELDS})
 
     @property
     def num_instances(self) -> int:

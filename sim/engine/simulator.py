@@ -160,23 +160,20 @@ class Simulator:
             return self._admit_arrival()
 
     def view(self) -> ClusterView:
-        """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``)."""
+        """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``, lazy)."""
         insts = self.instances
+        n = len(insts)
         return ClusterView(
-            now_s=self.now_s,
-            role=self._roles,
-            num_waiting=np.fromiter((len(i.waiting) for i in insts), np.int64, len(insts)),
-            num_running=np.fromiter((len(i.running) for i in insts), np.int64, len(insts)),
-            queued_prefill_tokens=np.fromiter((i.queued_prefill_tokens for i in insts),
-                                              np.int64, len(insts)),
-            kv_used_blocks=np.fromiter((self._kv_used(k) for k in range(len(insts))), np.int64,
-                                       len(insts)),
+            self.now_s,
+            self._roles,
+            insts[0].kv.block_size,
+            num_waiting=lambda: [len(i.waiting) for i in insts],
+            num_running=lambda: [len(i.running) for i in insts],
+            queued_prefill_tokens=lambda: [i.queued_prefill_tokens for i in insts],
+            kv_used_blocks=lambda: [self._kv_used(k) for k in range(n)],
             kv_total_blocks=self._kv_total,
-            num_transfers_in=np.fromiter((i.num_transfers_in + len(i.pending_kv)
-                                          for i in insts), np.int64, len(insts)),
-            num_transfers_out=np.fromiter((i.num_transfers_out for i in insts), np.int64,
-                                          len(insts)),
-            block_size=insts[0].kv.block_size,
+            num_transfers_in=lambda: [i.num_transfers_in + len(i.pending_kv) for i in insts],
+            num_transfers_out=lambda: [i.num_transfers_out for i in insts],
         )
 
     def _kv_used(self, idx: int) -> int:

@@ -37,6 +37,9 @@ class InstanceConfig:
     """Tokens per KV block (``--block-size``)."""
     gpu_memory_utilization: float = 0.9
     """Share of device memory the engine may use (``--gpu-memory-utilization``)."""
+    scheduler_reserve_full_isl: bool = True
+    """Admit a waiting request only if its whole sequence fits in free blocks, not just its
+    first chunk (vLLM's ``--scheduler-reserve-full-isl``, default on since 0.11)."""
     long_prefill_token_threshold: int = 0
     """Cap on one request's prefill tokens per iteration, 0 = none."""
     max_model_len: int = 0

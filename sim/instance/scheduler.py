@@ -149,6 +149,9 @@ class Instance:
             if n > budget:
                 n = budget
             need = kv.blocks_for(r.num_computed_tokens + n) - r.num_blocks
+            if cfg.scheduler_reserve_full_isl and (
+                    kv.blocks_for(r.num_tokens) - r.num_blocks > kv.num_free):
+                break
             if not kv.allocate(need):
                 break
             r.num_blocks += need
@@ -317,8 +320,10 @@ class Instance:
         if not self.cfg.enable_chunked_prefill and n > budget:
             return False
         n = min(n, budget)
-        need = self.kv.blocks_for(start + n) - max(r.num_blocks, hit // self.kv.block_size)
-        return need <= self.kv.num_free
+        held = max(r.num_blocks, hit // self.kv.block_size)
+        if self.cfg.scheduler_reserve_full_isl:
+            n = r.num_tokens - start
+        return self.kv.blocks_for(start + n) - held <= self.kv.num_free
 
     def run_new_blocks(self, j: int) -> int:
         """Blocks the current decode run's batch has added after ``j`` of its iterations."""

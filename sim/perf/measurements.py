@@ -7,6 +7,7 @@ seconds, sizes in bytes, whatever the source files use (Vidur and Splitwise stor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,52 @@ def load_distserve_coeffs(data_root: Path) -> pd.DataFrame:
     """DistServe's fitted latency coefficients (ms), as in its CSV."""
     path = _require(Path(data_root) / "distserve" / "latency_coeffs_a100_80g.csv")
     return pd.read_csv(path)
+
+
+VLLM_RUN_GPU = {"RTX4090": "RTX-4090", "RTXPRO6000": "RTX-PRO-6000"}
+VLLM_RUN_MODEL = {"Llama-3.1-8B": "Llama-3.1-8B", "Qwen3-32B": "Qwen3-32B",
+                  "Qwen3-30B-A3B-Instruct-2507": "Qwen3-30B-A3B"}
+
+
+def load_vllm_decode_windows(data_root: Path) -> pd.DataFrame:
+    """Decode-only seconds of the real vLLM V1 runs, as iteration-time measurements.
+
+    A second of ``timeseries.csv`` with no prompt throughput in it and the second before
+    (steady decode) gives one decode iteration time ``running / generation tokens per s``.
+    Its batch is the ``running`` count; its attended context is estimated from the requests
+    active at that time (prompt plus tokens generated so far at their average pace). The
+    DP/EP MoE run is left out (its two ranks' batches are not recorded separately).
+
+    Columns: run, gpu, model, tp, batch_size, ctx_tokens (summed), measured_s.
+    """
+    base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
+    rows = []
+    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
+        meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
+        kw = meta["engine_kwargs"]
+        if (kw.get("data_parallel_size") or 1) > 1:
+            continue
+        reqs = pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
+        ts = pd.read_csv(run_dir / "vllm" / "timeseries.csv")
+        t0 = reqs.queued_ts.min()
+        first = reqs.first_token_ts - t0
+        last = reqs.last_token_ts - t0
+        pace = (last - first) / (reqs.output_toks - 1).clip(lower=1)
+        steady = (ts.prompt_throughput == 0) & (ts.prompt_throughput.shift(1) == 0)
+        for r in ts[steady & (ts.running > 0) & (ts.gen_throughput > 0)].itertuples():
+            t = r.t - 0.5  # middle of the one-second window
+            act = (first <= t) & (last > t)
+            if act.sum() == 0:
+                continue
+            gen = ((t - first[act]) / pace[act]).clip(lower=0)
+            b = int(act.sum())
+            rows.append({
+                "run": f"{run_dir.parent.name}/{run_dir.name}",
+                "gpu": VLLM_RUN_GPU[run_dir.parent.name],
+                "model": VLLM_RUN_MODEL[run_dir.name],
+                "tp": int(kw.get("tensor_parallel_size") or 1),
+                "batch_size": b,
+                "ctx_tokens": int((reqs.input_toks[act] + gen).sum()) + b,
+                "measured_s": b / r.gen_throughput,
+            })
+    return pd.DataFrame(rows)
