@@ -139,7 +139,7 @@ def _as_int_array(values: Sequence[int], name: str) -> np.ndarray:
 
 
 class BatchArrays(NamedTuple):
-    """Many iterations at once: each field is a ``(n,)`` array with :class:`BatchShape`'s meaning."""
+    """Many iterations at once: each field is an ``(n,)`` array, meaning as in BatchShape."""
 
     num_prefill_tokens: np.ndarray
     num_prefill_seqs: np.ndarray

@@ -51,7 +51,8 @@ PRIOR = KernelParams(
     attn_prefill_blend_power=1.3, attn_causal_frac=1.0, attn_prefill_overhead_s=5e-6,
     attn_decode_memory_eff=0.75, attn_decode_per_seq_s=0.0, attn_decode_overhead_s=1.5e-5,
     allreduce_latency_s=1e-5, allreduce_latency_per_rank_s=2e-6, allreduce_intra_eff=0.6,
-    allreduce_inter_eff=0.5, allreduce_inter_nic_exponent=1.0, p2p_latency_s=1e-5, p2p_intra_eff=0.6, p2p_inter_eff=0.5,
+    allreduce_inter_eff=0.5, allreduce_inter_nic_exponent=1.0, p2p_latency_s=1e-5,
+    p2p_intra_eff=0.6, p2p_inter_eff=0.5,
 )
 """Starting point of every fit (and the values of parameters no data constrains)."""
 

@@ -187,7 +187,9 @@ class EngineParams:
             ),
         )
         if not 0.5 <= self.weight_scale <= 1.5:
-            raise CatalogError(f"field 'weight_scale' must be in [0.5, 1.5], got {self.weight_scale}")
+            raise CatalogError(
+                f"field 'weight_scale' must be in [0.5, 1.5], got {self.weight_scale}"
+            )
 
 
 @functools.cache

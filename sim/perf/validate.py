@@ -29,8 +29,6 @@ from sim.perf import kernels
 from sim.perf.fit import HELD_OUT_SPLITWISE_GPU, HELD_OUT_TP, predict_network, splitwise_predictions
 from sim.perf.measurements import (
     DEVICE_GPU,
-    ELEMENTWISE_OPS,
-    GEMM_OPS,
     default_data_root,
     elementwise_points,
     gemm_points,
