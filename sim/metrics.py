@@ -22,7 +22,8 @@ from sim.instance import REASON_TEXT, Reason, Request, RequestStatus
 
 RECORD_COLUMNS = (
     "rid", "arrival_s", "prompt_tokens", "output_tokens", "cached_prompt_tokens", "status",
-    "reason", "lead", "follow", "split_tokens", "num_preemptions", "first_scheduled_s",
+    "reason", "lead", "follow", "split_tokens", "num_preemptions", "handover_cancelled",
+    "first_scheduled_s",
     "first_token_s", "lead_done_s", "transfer_start_s", "transfer_end_s", "finish_s",
 )
 
@@ -38,7 +39,8 @@ def records(requests: Sequence[Request]) -> pd.DataFrame:
     rows = [
         (r.rid, r.arrival_s, r.num_prompt_tokens, r.max_output_tokens,
          r.num_cached_prompt_tokens, int(r.status), int(r.reason), r.lead, r.follow,
-         r.split_tokens, r.num_preemptions, r.first_scheduled_s, r.first_token_s,
+         r.split_tokens, r.num_preemptions, r.handover_cancelled, r.first_scheduled_s,
+         r.first_token_s,
          r.lead_done_s, r.transfer_start_s, r.transfer_end_s, r.finish_s)
         for r in requests
     ]
@@ -115,8 +117,8 @@ def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 
         "num_not_entered": int(num_not_entered),
         "reasons": reasons,
         "duration_s": float(span),
-        "request_rate_per_s": float(n / (df.arrival_s.max() - df.arrival_s.min()))
-        if n > 1 else 0.0,
+        "request_rate_per_s": float((n - 1) / (df.arrival_s.max() - df.arrival_s.min()))
+        if n > 1 and df.arrival_s.max() > df.arrival_s.min() else 0.0,
         "throughput_req_per_s": float(len(done) / span) if span > 0 else 0.0,
         "output_tokens_per_s": float(done.output_tokens.sum() / span) if span > 0 else 0.0,
         "slo_attainment": float(slo_met(df, slo).mean()) if n else 0.0,
@@ -125,6 +127,7 @@ def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 
         "num_gpus": int(num_gpus),
         "prefix_hit_frac": float(df.cached_prompt_tokens.sum() / max(df.prompt_tokens.sum(), 1)),
         "num_preemptions": int(df.num_preemptions.sum()),
+        "num_handovers_cancelled": int(df.handover_cancelled.sum()),
     }
     for col in ("ttft_s", "tpot_s", "e2e_s", "queue_s", "prefill_s", "transfer_s", "decode_s"):
         v = done[col].dropna().to_numpy()

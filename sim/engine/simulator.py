@@ -104,8 +104,12 @@ class Simulator:
         n = len(workload)
         self.requests: list[Request | None] = [None] * n
         self._pending: Request | None = None
-        self._max_len = min(model.max_position_embeddings, *(
-            i.cfg.max_model_len or model.max_position_embeddings for i in self.instances))
+        # vLLM caps max_model_len at max_num_batched_tokens when chunked prefill is off
+        self._inst_max_len = [
+            min(model.max_position_embeddings, i.cfg.max_model_len or 1 << 62,
+                (1 << 62) if i.cfg.enable_chunked_prefill else i.cfg.max_num_batched_tokens)
+            for i in self.instances
+        ]
         out = workload.output_tokens
         cv = sim.output_prediction_cv
         if cv > 0:
@@ -246,7 +250,7 @@ class Simulator:
             follow, split = lead, out
         r.lead, r.follow, r.split_tokens = lead, follow, split
         total = r.num_prompt_tokens + out
-        if total > self._max_len:
+        if total > min(self._inst_max_len[lead], self._inst_max_len[follow]):
             return Reason.PROMPT_EXCEEDS_MAX_MODEL_LEN
         if r.num_prompt_tokens + split > self.instances[lead].capacity_tokens:
             return Reason.PROMPT_EXCEEDS_KV_CAPACITY
@@ -327,6 +331,8 @@ class Simulator:
                 self.num_runs += 1
                 return
         plan = inst.schedule()
+        if plan is None and self._cancel_stuck_handover(inst):
+            plan = inst.schedule()
         if plan is None:
             return
         for r in plan.reqs:
@@ -374,6 +380,7 @@ class Simulator:
         r.status = RequestStatus.AWAITING_TRANSFER
         r.lead_done_s = t
         inst.num_transfers_out += 1
+        inst.awaiting_out.append(r)
         follow = self.instances[r.follow]
         follow.pending_kv.append(r)
         self._try_pull(follow)
@@ -398,12 +405,35 @@ class Simulator:
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
             kv.allocate(need)
             pending.popleft()
+            self.instances[r.lead].awaiting_out.remove(r)
             f.num_transfers_in += 1
             r.status = RequestStatus.TRANSFERRING
             r.transfer_start_s = self.now_s
             link = self._link(r.lead, r.follow)
             link.add(r, r.num_computed_tokens * self.model.kv_bytes_per_token, self.now_s)
             self._push_link(link)
+
+    def _cancel_stuck_handover(self, inst: Instance) -> bool:
+        """Break a hand-over deadlock: keep one finished share here and decode it locally.
+
+        Pull-based hand-over can deadlock when two instances are each other's Follow and both
+        are full of KV waiting to move. When this instance can run nothing, cannot pull what
+        waits for it, and holds KV waiting for another Follow, the oldest such request stays
+        here as a colocated request (``handover_cancelled``) so blocks free up again.
+        """
+        if inst.running or inst.ready_kv or not inst.pending_kv or not inst.awaiting_out:
+            return False
+        r = inst.awaiting_out.pop(0)
+        self.instances[r.follow].pending_kv.remove(r)
+        inst.num_transfers_out -= 1
+        r.follow = inst.index
+        r.split_tokens = r.stop_tokens = r.max_output_tokens
+        r.handover_cancelled = True
+        r.lead_done_s = -1.0
+        r.status = RequestStatus.RUNNING
+        inst.running.append(r)
+        logger.debug("request %d: hand-over cancelled on instance %d", r.rid, inst.index)
+        return True
 
     def _link(self, src: int, dst: int) -> Link:
         key = (src, dst)

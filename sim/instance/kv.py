@@ -115,6 +115,11 @@ class KVCache:
             h += 1
         return h
 
+    def evictable_blocks(self, hashes: tuple) -> int:
+        """Blocks of these resident entries that nobody references (taking them uses free)."""
+        refs = self._refs
+        return sum(self.blocks_per_hash for key in hashes if refs[key] == 0)
+
     def acquire(self, hashes: tuple) -> None:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru

@@ -109,6 +109,8 @@ class Request:
     stop_tokens: int = 0
     """Outputs after which it leaves its current instance (split on the Lead, else all)."""
     num_preemptions: int = 0
+    handover_cancelled: bool = False
+    """The Lead kept and finished it because the Follow could not take its KV (deadlock)."""
     first_scheduled_s: float = -1.0
     """First time any of its tokens was scheduled."""
     first_token_s: float = -1.0

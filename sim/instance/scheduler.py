@@ -72,6 +72,8 @@ class Instance:
         """Requests whose KV must be pulled into this instance (it is their Follow)."""
         self.ready_kv: list[Request] = []
         """Hand-ins whose KV arrived; they join the running batch at the next iteration."""
+        self.awaiting_out: list[Request] = []
+        """Requests whose share here is done and whose KV waits for the Follow to pull it."""
         self.num_transfers_in = 0
         self.num_transfers_out = 0
         self.queued_prefill_tokens = 0
@@ -137,23 +139,30 @@ class Instance:
         kv = self.kv
         cfg = self.cfg
         waiting = self.waiting
-        while waiting and budget > 0 and len(self.running) < cfg.max_num_seqs:
+        while (waiting and budget > 0
+               and len(self.running) + self.num_transfers_in < cfg.max_num_seqs):
             r = waiting[0]
-            if r.num_computed_tokens == 0 and r.num_blocks == 0:
-                self._match_prefix(r)
-            n = r.num_tokens - r.num_computed_tokens
+            keys, hit, pinned = self._prefix_hit(r)
+            start = max(r.num_computed_tokens, hit)
+            n = r.num_tokens - start
             if not cfg.enable_chunked_prefill and n > budget:
                 break
             if cfg.long_prefill_token_threshold and n > cfg.long_prefill_token_threshold:
                 n = cfg.long_prefill_token_threshold
             if n > budget:
                 n = budget
-            need = kv.blocks_for(r.num_computed_tokens + n) - r.num_blocks
-            if cfg.scheduler_reserve_full_isl and (
-                    kv.blocks_for(r.num_tokens) - r.num_blocks > kv.num_free):
+            held = r.num_blocks + (hit // kv.block_size if keys else 0)
+            need = kv.blocks_for(start + n) - held
+            full = kv.blocks_for(r.num_tokens) - held if cfg.scheduler_reserve_full_isl else need
+            # taking evictable cached blocks consumes free blocks too
+            if max(need, full) + pinned > kv.num_free:
                 break
-            if not kv.allocate(need):
-                break
+            if r.hashes is not None and not r.num_computed_tokens:
+                kv.num_query_tokens += r.num_prompt_tokens
+                r.num_cached_prompt_tokens = 0
+            if keys:
+                self._take_prefix(r, keys, hit)
+            kv.allocate(need)
             r.num_blocks += need
             waiting.popleft()
             self.running.append(r)
@@ -161,21 +170,30 @@ class Instance:
             self._add(plan, r, n)
             budget -= n
 
-    def _match_prefix(self, r: Request) -> None:
-        """Take the cached leading blocks of ``r``'s prompt (skips their prefill)."""
+    def _prefix_hit(self, r: Request) -> tuple[tuple, int, int]:
+        """Cached leading blocks of a not-yet-started request, without taking them.
+
+        Returns:
+            ``(keys, hit_tokens, evictable_blocks)``: the matching cache keys, the prompt
+            tokens they cover, and how many of their blocks are evictable now (taking those
+            uses free blocks).
+        """
+        if r.num_computed_tokens or r.num_blocks or r.hashes is None:
+            return (), 0, 0
         kv = self.kv
         h = kv.match_prefix(r.hashes, r.num_prompt_tokens)
-        if r.hashes is not None:
-            kv.num_query_tokens += r.num_prompt_tokens
         if not h:
-            r.num_cached_prompt_tokens = 0
-            return
+            return (), 0, 0
         keys = tuple(r.hashes[:h].tolist())
+        return keys, h * kv.hash_block_tokens, kv.evictable_blocks(keys)
+
+    def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
+        """Reference the cached prefix of an admitted request (skips its prefill)."""
+        kv = self.kv
         kv.acquire(keys)
-        hit = h * kv.hash_block_tokens
         kv.num_hit_tokens += hit
         r.shared_hashes = keys
-        r.num_shared_blocks = h * kv.blocks_per_hash
+        r.num_shared_blocks = len(keys) * kv.blocks_per_hash
         r.num_blocks = r.num_shared_blocks
         r.num_computed_tokens = hit
         r.num_cached_prompt_tokens = hit
@@ -288,8 +306,8 @@ class Instance:
         self.run_ctx_tokens = ctx + len(running)
         if k < 2:
             return 0
-        if self.waiting and len(running) < self.cfg.max_num_seqs and self._head_admissible(
-                self.cfg.max_num_batched_tokens - len(running)):
+        if (self.waiting and len(running) + self.num_transfers_in < self.cfg.max_num_seqs
+                and self._head_admissible(self.cfg.max_num_batched_tokens - len(running))):
             return 0
         crossing = [0] * bs
         acc = 0
@@ -309,21 +327,21 @@ class Instance:
         return k
 
     def _head_admissible(self, budget: int) -> bool:
+        """Whether the head of the waiting queue could be admitted now (no side effects)."""
         if budget <= 0:
             return False
         r = self.waiting[0]
-        hit = 0
-        if r.num_computed_tokens == 0 and r.num_blocks == 0:
-            hit = self.kv.match_prefix(r.hashes, r.num_prompt_tokens) * self.kv.hash_block_tokens
+        kv = self.kv
+        keys, hit, pinned = self._prefix_hit(r)
         start = max(r.num_computed_tokens, hit)
         n = r.num_tokens - start
         if not self.cfg.enable_chunked_prefill and n > budget:
             return False
-        n = min(n, budget)
-        held = max(r.num_blocks, hit // self.kv.block_size)
+        held = r.num_blocks + (hit // kv.block_size if keys else 0)
+        need = kv.blocks_for(start + min(n, budget)) - held
         if self.cfg.scheduler_reserve_full_isl:
-            n = r.num_tokens - start
-        return self.kv.blocks_for(start + n) - held <= self.kv.num_free
+            need = max(need, kv.blocks_for(r.num_tokens) - held)
+        return need + pinned <= kv.num_free
 
     def run_new_blocks(self, j: int) -> int:
         """Blocks the current decode run's batch has added after ``j`` of its iterations."""

@@ -127,6 +127,7 @@ class AnalyticBackend(LatencyBackend):
         self.engine = load_engine_params(engine) if isinstance(engine, str) else engine
         m, g, kp = self.model, self.gpu, self.kp
         tokens = np.arange(max_table_tokens + 1, dtype=np.float64)
+        self._tp_gpus_per_node = tp_gpus_per_node
         parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_gpus_per_node=tp_gpus_per_node)
         self._dense = sum(parts.values())
         # embedding gather + final norm on M tokens
@@ -136,8 +137,12 @@ class AnalyticBackend(LatencyBackend):
         self._per_token_extra = emb + (pp - 1) * p2p
         seqs = np.arange(max_table_seqs + 1, dtype=np.float64)
         head = kernels.gemm_time_s(seqs, m.vocab_size / tp, m.hidden_size, g, kp, m.dtype_bytes)
-        if tp > 1:  # gather logits across TP ranks
-            head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, link, kp)
+        if tp > 1:  # gather logits across the TP ranks of the last stage
+            inter = tp_gpus_per_node is not None and tp_gpus_per_node < tp
+            tp_link = (g.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
+                       if inter else g.intra_node_bytes_per_s)
+            head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, tp_link, kp,
+                                             inter_node=inter)
         eng = self.engine
         self._head = head + eng.fixed_s + eng.per_seq_s * seqs
         self._max_m, self._max_s = max_table_tokens, max_table_seqs
@@ -238,5 +243,6 @@ class AnalyticBackend(LatencyBackend):
     # ---- inspection ------------------------------------------------------------------------
     def breakdown_s(self, num_tokens: int) -> dict[str, float]:
         """Per-layer time of the dense parts for ``num_tokens`` tokens, seconds, by part."""
-        parts = dense_layer_time_s(self.model, self.gpu, self.kp, self.tp, np.array([num_tokens]))
+        parts = dense_layer_time_s(self.model, self.gpu, self.kp, self.tp, np.array([num_tokens]),
+                                   tp_gpus_per_node=self._tp_gpus_per_node)
         return {k: float(v[0]) for k, v in parts.items()}

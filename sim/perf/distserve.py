@@ -6,6 +6,8 @@ DistServe (OSDI'24) profiled its engine on A100-80GB and fitted, per model and T
     prefill(l_1..l_n) = a + b * sum(l_i) + c * sum(l_i ** 2)
     decode(ctx_1..ctx_B) = a + b * sum(ctx_i + 1) + c * B     # one set for B < 95, one >= 95
 
+DistServe's ``ctx_i + 1`` (``prefill_lens + counter + 1`` with ``counter`` = outputs - 1) is
+the number of tokens a sequence attends to, which is our ``decode_ctx_tokens`` per sequence.
 Its simulator divides both by the pipeline degree per stage; a request passing all stages
 sees the undivided value, which is what :meth:`iteration_time_s` returns. Like DistServe, a
 batch that mixes prefill and decode is timed by the prefill formula alone.
@@ -96,7 +98,7 @@ class DistServeBackend(LatencyBackend):
         if not num_decode_seqs:
             return 0.0
         a, b, c = self._dec_small if num_decode_seqs < DECODE_LARGE_BATCH else self._dec_large
-        return a + b * (decode_ctx_tokens + num_decode_seqs) + c * num_decode_seqs
+        return a + b * decode_ctx_tokens + c * num_decode_seqs
 
     def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
         """Vectorised :meth:`iteration_time_s`; ``(n,) float64``."""
@@ -109,7 +111,7 @@ class DistServeBackend(LatencyBackend):
         da = np.where(use_large, large[0], small[0])
         db = np.where(use_large, large[1], small[1])
         dcc = np.where(use_large, large[2], small[2])
-        dec = np.where(ds > 0, da + db * (dc + ds) + dcc * ds, 0.0)
+        dec = np.where(ds > 0, da + db * dc + dcc * ds, 0.0)
         return np.where(pt > 0, pre, dec)
 
     def stage_time_s(self, *args: int) -> float:

@@ -17,8 +17,15 @@ GEMM_TILES = ((64, 64), (128, 128), (256, 128))
 
 
 def _blend(a: np.ndarray, b: np.ndarray, power: float) -> np.ndarray:
-    """Smooth maximum ``(a**p + b**p) ** (1/p)``; tends to ``max(a, b)`` as p grows."""
-    return (a**power + b**power) ** (1.0 / power)
+    """Smooth maximum ``(a**p + b**p) ** (1/p)``; tends to ``max(a, b)`` as p grows.
+
+    Evaluated as ``m * ((a/m)**p + (b/m)**p) ** (1/p)`` with ``m = max(a, b)`` so that large
+    exponents on microsecond times do not underflow.
+    """
+    m = np.maximum(a, b)
+    safe = np.where(m > 0, m, 1.0)
+    return np.where(m > 0, safe * ((a / safe) ** power + (b / safe) ** power) ** (1.0 / power),
+                    0.0)
 
 
 def gemm_time_s(
