@@ -421,10 +421,12 @@ class Simulator:
         waits for it, and holds KV waiting for another Follow, the oldest such request stays
         here as a colocated request (``handover_cancelled``) so blocks free up again.
         """
-        if inst.running or inst.ready_kv or not inst.pending_kv or not inst.awaiting_out:
+        if (inst.running or inst.ready_kv or inst.num_transfers_in or not inst.pending_kv
+                or not inst.awaiting_out):
             return False
         r = inst.awaiting_out.pop(0)
-        self.instances[r.follow].pending_kv.remove(r)
+        follow = self.instances[r.follow]
+        follow.pending_kv.remove(r)
         inst.num_transfers_out -= 1
         r.follow = inst.index
         r.split_tokens = r.stop_tokens = r.max_output_tokens
@@ -433,6 +435,7 @@ class Simulator:
         r.status = RequestStatus.RUNNING
         inst.running.append(r)
         logger.debug("request %d: hand-over cancelled on instance %d", r.rid, inst.index)
+        self._try_pull(follow)  # its queue head changed
         return True
 
     def _link(self, src: int, dst: int) -> Link:
@@ -464,6 +467,8 @@ class Simulator:
         r.stop_tokens = r.max_output_tokens
         r.instance = follow.index
         r.transfer_end_s = self.now_s
+        if r.hashes is not None and follow.kv.enable_prefix_caching:
+            follow.register_prefix(r)  # received prompt blocks are cached like computed ones
         follow.ready_kv.append(r)  # joins the batch when the instance next schedules
         self._touch(follow.index)
         self._try_pull(lead)

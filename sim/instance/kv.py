@@ -11,6 +11,11 @@ until a new allocation needs their blocks::
 
 Allocation says "no" by returning ``False``; the caller preempts and retries (as vLLM's
 ``KVCacheManager.allocate_slots`` returns ``None``).
+
+Keys >= 0 are the workload's prompt hashes (``blocks_per_hash`` blocks each). Keys < 0 are one
+block of one request's own tokens (:func:`self_key`): vLLM hashes every full block, so when a
+request is preempted its computed blocks stay cached until evicted and a quick readmission
+recomputes little.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+
+
+def self_key(rid: int, block_index: int) -> int:
+    """Cache key of block ``block_index`` of request ``rid``'s own tokens (always < 0)."""
+    return -((rid << 24) | block_index) - 1
 
 
 class KVCache:
@@ -88,11 +98,13 @@ class KVCache:
         if n > self.num_blocks - self.num_used:
             return False
         empty = self.num_blocks - self.num_used - self.num_evictable
+        bph = self.blocks_per_hash
         while n > empty:
             h, _ = self._lru.popitem(last=False)
             del self._refs[h]
-            self.num_evictable -= self.blocks_per_hash
-            empty += self.blocks_per_hash
+            size = bph if h >= 0 else 1
+            self.num_evictable -= size
+            empty += size
         self.num_used += n
         return True
 
@@ -118,29 +130,34 @@ class KVCache:
     def evictable_blocks(self, hashes: tuple) -> int:
         """Blocks of these resident entries that nobody references (taking them uses free)."""
         refs = self._refs
-        return sum(self.blocks_per_hash for key in hashes if refs[key] == 0)
+        bph = self.blocks_per_hash
+        return sum((bph if key >= 0 else 1) for key in hashes if refs[key] == 0)
 
     def acquire(self, hashes: tuple) -> None:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru
+        bph = self.blocks_per_hash
         for key in hashes:
             rc = refs[key]
             if rc == 0:
                 del lru[key]
-                self.num_evictable -= self.blocks_per_hash
-                self.num_used += self.blocks_per_hash
+                size = bph if key >= 0 else 1
+                self.num_evictable -= size
+                self.num_used += size
             refs[key] = rc + 1
 
     def release(self, hashes: tuple) -> None:
         """Drop references; unreferenced entries become evictable (most recent last)."""
         refs, lru = self._refs, self._lru
+        bph = self.blocks_per_hash
         for key in reversed(hashes):  # free tails first, as vLLM does
             rc = refs[key] - 1
             refs[key] = rc
             if rc == 0:
                 lru[key] = None
-                self.num_evictable += self.blocks_per_hash
-                self.num_used -= self.blocks_per_hash
+                size = bph if key >= 0 else 1
+                self.num_evictable += size
+                self.num_used -= size
 
     def register(self, key: int) -> bool:
         """Turn a request's just-computed private blocks into cache entry ``key``.
@@ -154,9 +171,41 @@ class KVCache:
         self._refs[key] = 1
         return True
 
+    def cache_own_blocks(self, rid: int, first: int, last: int) -> int:
+        """Keep a preempted request's private full blocks ``first..last-1`` as evictable entries.
+
+        The caller still holds them as used; they move to evictable (tail blocks first in
+        eviction order). Returns how many blocks moved.
+        """
+        if not self.enable_prefix_caching or last <= first:
+            return 0
+        refs, lru = self._refs, self._lru
+        moved = 0
+        for j in range(last - 1, first - 1, -1):
+            key = self_key(rid, j)
+            if key in refs:
+                continue
+            refs[key] = 0
+            lru[key] = None
+            moved += 1
+        self.num_used -= moved
+        self.num_evictable += moved
+        return moved
+
+    def match_own_blocks(self, rid: int, first: int, limit: int) -> int:
+        """Consecutive own blocks of ``rid`` resident from block ``first`` (at most ``limit``)."""
+        if not self.enable_prefix_caching:
+            return 0
+        refs = self._refs
+        n = 0
+        while n < limit and self_key(rid, first + n) in refs:
+            n += 1
+        return n
+
     def check(self) -> None:
         """Assert the block invariants (used in tests and debug runs)."""
         assert 0 <= self.num_used, self.num_used
         assert 0 <= self.num_evictable, self.num_evictable
         assert self.num_used + self.num_evictable <= self.num_blocks
-        assert self.num_evictable == len(self._lru) * self.blocks_per_hash
+        bph = self.blocks_per_hash
+        assert self.num_evictable == sum((bph if k >= 0 else 1) for k in self._lru)

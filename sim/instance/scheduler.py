@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from sim.instance.config import InstanceConfig
-from sim.instance.kv import KVCache
+from sim.instance.kv import KVCache, self_key
 from sim.instance.request import Request, RequestStatus
 
 
@@ -151,7 +151,7 @@ class Instance:
                 n = cfg.long_prefill_token_threshold
             if n > budget:
                 n = budget
-            held = r.num_blocks + (hit // kv.block_size if keys else 0)
+            held = r.num_blocks + hit // kv.block_size
             need = kv.blocks_for(start + n) - held
             full = kv.blocks_for(r.num_tokens) - held if cfg.scheduler_reserve_full_isl else need
             # taking evictable cached blocks consumes free blocks too
@@ -178,14 +178,21 @@ class Instance:
             tokens they cover, and how many of their blocks are evictable now (taking those
             uses free blocks).
         """
-        if r.num_computed_tokens or r.num_blocks or r.hashes is None:
+        if r.num_computed_tokens or r.num_blocks:
             return (), 0, 0
         kv = self.kv
-        h = kv.match_prefix(r.hashes, r.num_prompt_tokens)
-        if not h:
+        h = kv.match_prefix(r.hashes, r.num_prompt_tokens) if r.hashes is not None else 0
+        keys = tuple(r.hashes[:h].tolist()) if h else ()
+        first = h * kv.blocks_per_hash
+        if r.num_preemptions and kv.enable_prefix_caching:
+            limit = (r.num_tokens - 1) // kv.block_size - first  # recompute >= 1 token
+            own = kv.match_own_blocks(r.rid, first, limit)
+            if own:
+                keys += tuple(self_key(r.rid, first + j) for j in range(own))
+                first += own
+        if not keys:
             return (), 0, 0
-        keys = tuple(r.hashes[:h].tolist())
-        return keys, h * kv.hash_block_tokens, kv.evictable_blocks(keys)
+        return keys, first * kv.block_size, kv.evictable_blocks(keys)
 
     def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
         """Reference the cached prefix of an admitted request (skips its prefill)."""
@@ -193,10 +200,11 @@ class Instance:
         kv.acquire(keys)
         kv.num_hit_tokens += hit
         r.shared_hashes = keys
-        r.num_shared_blocks = len(keys) * kv.blocks_per_hash
+        r.num_shared_blocks = hit // kv.block_size
         r.num_blocks = r.num_shared_blocks
         r.num_computed_tokens = hit
-        r.num_cached_prompt_tokens = hit
+        if not r.num_preemptions:
+            r.num_cached_prompt_tokens = hit
         self.queued_prefill_tokens -= hit
 
     @staticmethod
@@ -215,7 +223,15 @@ class Instance:
             plan.prefill_new_sq += n * n
 
     def preempt(self, r: Request) -> None:
-        """Evict a running request: free its blocks, requeue it first for recompute."""
+        """Evict a running request: free its blocks, requeue it first for recompute.
+
+        With prefix caching its full private blocks stay cached (evictable) under per-request
+        keys, so readmission can skip recomputing whatever was not evicted meanwhile.
+        """
+        kv = self.kv
+        full = r.num_computed_tokens // kv.block_size
+        kept = kv.cache_own_blocks(r.rid, r.num_shared_blocks, full)
+        r.num_blocks -= kept
         self.release_blocks(r)
         r.num_computed_tokens = 0
         r.num_preemptions += 1
@@ -258,10 +274,16 @@ class Instance:
             self.running = [r for r in self.running if id(r) not in drop]
         return stopped
 
+    def register_prefix(self, r: Request) -> None:
+        """Offer ``r``'s computed full prompt blocks to the prefix cache (after a KV hand-in)."""
+        self._register(r)
+
     def _register(self, r: Request) -> None:
         kv = self.kv
         covered = min(r.num_computed_tokens, r.num_prompt_tokens) // kv.hash_block_tokens
         j = len(r.shared_hashes)
+        if j and r.shared_hashes[-1] < 0:
+            return  # readmitted on its own cached blocks: nothing left to share
         if j >= covered or j >= len(r.hashes):
             return
         new = []
@@ -316,7 +338,9 @@ class Instance:
             crossing[t] = acc
         self._run_crossing = crossing
         self._run_seqs = seqs = len(running)
-        free = kv.num_free
+        # only empty blocks: evicting cached entries ahead of time would change which entries
+        # survive, so a run stops where it would start evicting (one-by-one from there)
+        free = kv.num_blocks - kv.num_used - kv.num_evictable
         if seqs * (k // bs) + crossing[k % bs] > free:
             k = min(k, (free // seqs) * bs + bs - 1)
             while k > 0 and seqs * (k // bs) + crossing[k % bs] > free:
@@ -337,7 +361,7 @@ class Instance:
         n = r.num_tokens - start
         if not self.cfg.enable_chunked_prefill and n > budget:
             return False
-        held = r.num_blocks + (hit // kv.block_size if keys else 0)
+        held = r.num_blocks + hit // kv.block_size
         need = kv.blocks_for(start + min(n, budget)) - held
         if self.cfg.scheduler_reserve_full_isl:
             need = max(need, kv.blocks_for(r.num_tokens) - held)

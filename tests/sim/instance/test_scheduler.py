@@ -158,7 +158,7 @@ def test_preemption_evicts_the_last_running_request():
 
 
 def test_preempted_request_recomputes_prompt_and_outputs():
-    inst = make_instance(num_blocks=6, max_num_batched_tokens=256)
+    inst = make_instance(num_blocks=6, max_num_batched_tokens=256, enable_prefix_caching=False)
     a, b = _fill_two_decoders(inst)
     plan, stopped = step(inst)  # preempts b; a samples its 3rd and last token
     assert plan.num_preempted == 1 and stopped == [a]
@@ -168,6 +168,22 @@ def test_preempted_request_recomputes_prompt_and_outputs():
     assert b.num_output_tokens == 3 and b.num_computed_tokens == 49  # one new token only
     plan, _ = step(inst)
     assert plan.num_decode_seqs == 1 and b.num_output_tokens == 4
+
+
+def test_preempted_request_reuses_its_cached_blocks():
+    # with prefix caching, b's full blocks stay cached (evictable) after preemption; a frees
+    # its blocks on completion without needing b's, so readmission recomputes only the tail
+    inst = make_instance(num_blocks=6, max_num_batched_tokens=256)
+    a, b = _fill_two_decoders(inst)
+    plan, stopped = step(inst)  # preempts b; a samples its last token
+    assert plan.num_preempted == 1 and stopped == [a]
+    full = 47 // 16  # b had 47 computed tokens: 2 full blocks cached
+    assert inst.kv.num_evictable >= full
+    inst.release_blocks(a)
+    plan, _ = step(inst)
+    assert scheduled(plan) == {1: 49 - full * 16}
+    assert b.num_computed_tokens == 49 and b.num_output_tokens == 3
+    inst.kv.check()
 
 
 def test_preempting_itself_stops_the_step():

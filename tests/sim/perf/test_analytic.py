@@ -1,0 +1,303 @@
+"""Analytic backend: composition from the kernels, TP scaling, monotonicity, scalar = vector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim import perf
+from sim.catalog import CatalogError
+from sim.perf import BatchArrays, BatchShape, kernels
+from sim.perf.analytic import dense_layer_time_s
+from tests.sim.perf.conftest import (
+    cached_backend,
+    make_backend,
+    make_engine,
+    make_gpu,
+    make_kernel_params,
+    make_model,
+    random_shapes,
+)
+
+
+def tiny_backend(**kw) -> perf.AnalyticBackend:
+    """The tiny model on the round GPU with round kernel params and no host overheads."""
+    kw.setdefault("engine", make_engine())
+    return perf.AnalyticBackend(make_model(), make_gpu(), kernel_params=make_kernel_params(),
+                                **kw)
+
+
+# ---- closed forms ------------------------------------------------------------------------
+def test_dense_layer_elementwise_bytes_by_hand():
+    # per token: 2 norms x 2*64*2 B + 2 residual adds x 3*64*2 B + SiLU-and-mul (256 in,
+    # 128 out) x 2 B + RoPE on Q and K (64 + 32) read+write x 2 B = 512 + 768 + 768 + 384
+    parts = tiny_backend().breakdown_s(1000)
+    assert parts["elementwise"] == pytest.approx(1000 * 2432 / 1e12, rel=1e-12)
+    assert parts["moe"] == 0.0 and parts["allreduce"] == 0.0
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_dense_layer_gemm_shapes(tp):
+    gpu, kp, m = make_gpu(), make_kernel_params(), np.array([1.0, 77.0, 3000.0])
+    parts = dense_layer_time_s(make_model(), gpu, kp, tp, m)
+    want = (kernels.gemm_time_s(m, 128 / tp, 64, gpu, kp)  # QKV: 64 + 2 * 32 columns
+            + kernels.gemm_time_s(m, 64, 64 / tp, gpu, kp)  # output projection
+            + kernels.gemm_time_s(m, 256 / tp, 64, gpu, kp)  # gate + up
+            + kernels.gemm_time_s(m, 64, 128 / tp, gpu, kp))  # down
+    np.testing.assert_allclose(parts["gemm"], want, rtol=1e-12)
+    # two all-reduces of the m x 64 bf16 activations over NVLink (1e11 B/s)
+    ar = 2 * kernels.allreduce_time_s(m * 128, tp, 1e11, kp)
+    np.testing.assert_allclose(parts["allreduce"], ar, rtol=1e-12)
+    assert (parts["allreduce"] > 0).all() == (tp > 1)
+
+
+def test_iteration_is_the_documented_sum_of_kernels():
+    eng = make_engine(fixed_s=1e-3, per_seq_s=1e-5, per_prefill_sq_token_s=1e-9)
+    be = tiny_backend(engine=eng)
+    gpu, kp = make_gpu(), make_kernel_params()
+    shape = BatchShape.from_requests([300, 40], [0, 500], [90, 1000, 7])
+    m, s = shape.num_tokens, shape.num_seqs
+    heads = {"num_q_heads": 4, "num_kv_heads": 2, "head_dim": 16}
+    layer = (sum(be.breakdown_s(m).values())
+             + kernels.attn_prefill_time_s(340, 500, 40 * 500, 300**2 + 40**2, gpu=gpu, kp=kp,
+                                           **heads)
+             + kernels.attn_decode_time_s(3, 1097, gpu=gpu, kp=kp, **heads))
+    embed = kernels.elementwise_time_s(m * 64 * 2 * 2, gpu, kp)
+    head = kernels.gemm_time_s(s, 100, 64, gpu, kp)
+    host = 1e-3 + 1e-5 * s + 1e-9 * (300**2 + 40**2)
+    assert be.time(shape) == pytest.approx(2 * layer + embed + head + host, rel=1e-12)
+
+
+def test_empty_iteration_costs_only_the_fixed_host_time():
+    be = tiny_backend(engine=make_engine(fixed_s=2e-3))
+    assert be.time(BatchShape()) == pytest.approx(2e-3, rel=1e-12)
+
+
+def test_launch_floor_without_cuda_graphs():
+    # a host that needs 1 s to launch a layer sets the pace of both layers
+    be = tiny_backend(engine=make_engine(per_layer_s=1.0))
+    t = be.decode_time_s(4, 100)
+    gpu, kp = make_gpu(), make_kernel_params()
+    extra = (kernels.elementwise_time_s(4 * 64 * 2 * 2, gpu, kp)
+             + kernels.gemm_time_s(4, 100, 64, gpu, kp))
+    assert t == pytest.approx(2 * 1.0 + extra, rel=1e-12)
+
+
+def test_tp_rank_overhead_and_logit_gather():
+    gpu, kp = make_gpu(), make_kernel_params()
+    one = tiny_backend(engine=make_engine(per_tp_rank_s=1e-3))
+    two = tiny_backend(tp=2, engine=make_engine(per_tp_rank_s=1e-3))
+    assert one.time(BatchShape()) == 0.0
+    assert two.time(BatchShape()) == pytest.approx(1e-3, rel=1e-12)
+    # one decode: head GEMM on a 50-column shard plus an all-reduce of 1 x 100 / 2 fp32 logits
+    t1 = two.decode_time_s(1, 10)
+    layer = (sum(two.breakdown_s(1).values())
+             + kernels.attn_decode_time_s(1, 10, 2, 1, 16, gpu, kp))
+    head = (kernels.gemm_time_s(1, 50, 64, gpu, kp)
+            + kernels.allreduce_time_s(100 * 4 / 2, 2, 1e11, kp))
+    embed = kernels.elementwise_time_s(256, gpu, kp)
+    assert t1 == pytest.approx(2 * layer + head + embed + 1e-3, rel=1e-12)
+
+
+def test_pipeline_stages_add_activation_transfers():
+    gpu, kp = make_gpu(), make_kernel_params(p2p_latency_s=1e-5, p2p_inter_eff=0.5)
+    shape = BatchShape.from_requests([200], decode_ctx_tokens=[50] * 3)
+    base = perf.AnalyticBackend(make_model(), gpu, kernel_params=kp, engine=make_engine())
+    pp2 = perf.AnalyticBackend(make_model(), gpu, pp=2, kernel_params=kp, engine=make_engine())
+    far = perf.AnalyticBackend(make_model(), gpu, pp=2, pp_inter_node=True, kernel_params=kp,
+                               engine=make_engine())
+    act = 203 * 64 * 2
+    assert pp2.time(shape) - base.time(shape) == pytest.approx(
+        float(kernels.p2p_time_s(act, 1e11, kp)), rel=1e-9)
+    assert far.time(shape) - base.time(shape) == pytest.approx(
+        float(kernels.p2p_time_s(act, 1e9, kp, inter_node=True)), rel=1e-9)
+
+
+def test_inter_node_pipeline_does_not_slow_the_tp_logit_gather():
+    gpu, kp = make_gpu(), make_kernel_params(p2p_inter_eff=0.5)
+    kw = {"tp": 2, "pp": 2, "kernel_params": kp, "engine": make_engine()}
+    near = perf.AnalyticBackend(make_model(), gpu, **kw)
+    far = perf.AnalyticBackend(make_model(), gpu, pp_inter_node=True, **kw)
+    shape = BatchShape.from_requests([200])
+    act = 200 * 64 * 2
+    want = (kernels.p2p_time_s(act, 1e9, kp, inter_node=True) - kernels.p2p_time_s(act, 1e11, kp))
+    assert far.time(shape) - near.time(shape) == pytest.approx(float(want), rel=1e-9)
+
+
+def test_decode_line_reproduces_iterations():
+    backends = [cached_backend("Llama-2-7B", "A100-80GB-SXM", 1, "vllm_v1"),
+                cached_backend("Llama-2-7B", "A100-80GB-SXM", 1, "vllm_splitwise_2023"),
+                tiny_backend(engine=make_engine(per_layer_s=2e-8, fixed_s=1e-3))]
+    for be in backends:
+        for b, ctx in ((1, 10), (8, 2000), (64, 64 * 900)):
+            a, slope, floor, const = be.decode_line(b, ctx)
+            for j in (0, 1, 5, 40, 3000):
+                t = be.iteration_time_s(0, 0, 0, 0, 0, b, ctx + j * b)
+                assert max(floor, a + slope * j) + const == pytest.approx(t, rel=1e-12)
+
+
+def test_decode_line_floor_binds_for_a_small_batch_on_a_launch_bound_engine():
+    be = tiny_backend(engine=make_engine(per_layer_s=1e-3))
+    a, slope, floor, const = be.decode_line(1, 10)
+    assert floor == pytest.approx(2e-3) and floor > a  # launching 2 layers outlasts the GPU
+    assert slope > 0
+    assert be.decode_time_s(1, 10) == pytest.approx(floor + const, rel=1e-12)
+
+
+# ---- TP scaling --------------------------------------------------------------------------
+def test_tp_scaling_of_a_large_prefill_on_llama2_70b():
+    t = {tp: make_backend("Llama-2-70B", "A100-80GB-SXM", tp).prefill_time_s(4096)
+         for tp in (2, 4, 8)}
+    assert t[4] < t[2]
+    assert t[8] < t[4]
+    assert t[4] / t[8] <= 2.0  # communication keeps TP8 from the ideal 2x over TP4
+    assert t[2] / t[4] > 1.5  # but a 4096-token prefill is compute bound and scales well
+
+
+def test_decode_at_tp8_pays_all_reduce():
+    be8 = make_backend("Llama-2-70B", "A100-80GB-SXM", 8)
+    be1 = make_backend("Llama-2-70B", "A100-80GB-SXM", 1)
+    assert be8.breakdown_s(32)["allreduce"] > 0
+    assert be1.breakdown_s(32)["allreduce"] == 0
+    # GEMM work per GPU shrinks with TP
+    assert be8.breakdown_s(4096)["gemm"] < be1.breakdown_s(4096)["gemm"] / 6
+
+
+def test_tp_across_nodes_is_slower_than_inside_one():
+    one = make_backend("Llama-2-70B", "A100-80GB-SXM", 8)
+    two = make_backend("Llama-2-70B", "A100-80GB-SXM", 8, tp_gpus_per_node=4)
+    assert two.prefill_time_s(512) > one.prefill_time_s(512)
+    assert two.decode_time_s(16, 1000) > one.decode_time_s(16, 1000)
+
+
+def test_breakdown_reports_cross_node_all_reduce():
+    one = make_backend("Llama-2-70B", "A100-80GB-SXM", 8)
+    two = make_backend("Llama-2-70B", "A100-80GB-SXM", 8, tp_gpus_per_node=4)
+    assert two.breakdown_s(512)["allreduce"] > 2 * one.breakdown_s(512)["allreduce"]
+
+
+def test_moe_model_times_experts_separately():
+    parts = make_backend("Mixtral-8x7B", "A100-80GB-SXM", 2).breakdown_s(256)
+    assert parts["moe"] > parts["gemm"] > 0  # the experts dominate the attention projections
+
+
+# ---- bad input ---------------------------------------------------------------------------
+def test_tp_not_dividing_heads_names_tensor_parallel_size():
+    with pytest.raises(CatalogError, match="tensor_parallel_size=3"):
+        make_backend("Llama-2-7B", "A100-80GB-SXM", 3)
+
+
+def test_unknown_names():
+    with pytest.raises(CatalogError, match="Llama-2-7B"):
+        make_backend("Llama-2-8B")
+    with pytest.raises(CatalogError, match="A100-80GB-SXM"):
+        make_backend(gpu="A101")
+    with pytest.raises(CatalogError, match="vllm_v1"):
+        make_backend(engine="vllm_v9")
+
+
+def test_unknown_backend_name_lists_the_valid_ones():
+    with pytest.raises(CatalogError, match="analytic, profile_table, distserve"):
+        perf.make_backend("roofline", model="Llama-2-7B", gpu="A100-80GB-SXM")
+    assert isinstance(perf.make_backend("analytic", model="Llama-2-7B", gpu="A100-80GB-SXM"),
+                      perf.AnalyticBackend)
+
+
+# ---- monotonicity ------------------------------------------------------------------------
+COMBOS = [
+    ("Llama-2-7B", "A100-80GB-SXM", 1, "vllm_v1"),
+    ("Llama-2-70B", "A100-80GB-SXM", 4, "vllm_v1"),
+    ("Llama-3.1-8B", "H100-SXM-80GB", 2, "vllm_splitwise_2023"),
+    ("Mixtral-8x7B", "A100-80GB-SXM", 2, "vllm_v1"),
+    ("OPT-13B", "A40", 1, "vllm_v1"),
+]
+
+chunks = st.lists(st.tuples(st.integers(1, 4096), st.integers(0, 8192)), max_size=6)
+decodes = st.lists(st.integers(1, 16384), max_size=96)
+combos = st.sampled_from(COMBOS)
+
+
+def _time(be, prefill, decode) -> float:
+    c = [p[0] for p in prefill]
+    x = [p[1] for p in prefill]
+    return be.time(BatchShape.from_requests(c, x, decode))
+
+
+@settings(max_examples=150, deadline=None)
+@given(combo=combos, prefill=chunks, decode=decodes, extra=st.integers(1, 3000),
+       which=st.integers(0, 5))
+def test_more_prefill_tokens_never_take_less_time(combo, prefill, decode, extra, which):
+    be = cached_backend(*combo)
+    t0 = _time(be, prefill, decode)
+    if prefill:  # grow one chunk
+        i = which % len(prefill)
+        grown = [*prefill[:i], (prefill[i][0] + extra, prefill[i][1]), *prefill[i + 1:]]
+        assert _time(be, grown, decode) >= t0
+    assert _time(be, [*prefill, (extra, 0)], decode) >= t0  # add a prefill
+
+
+@settings(max_examples=150, deadline=None)
+@given(combo=combos, prefill=chunks, decode=decodes, ctx=st.integers(1, 16384),
+       num_new=st.integers(1, 64))
+def test_more_decode_sequences_never_take_less_time(combo, prefill, decode, ctx, num_new):
+    be = cached_backend(*combo)
+    t0 = _time(be, prefill, decode)
+    assert _time(be, prefill, decode + [ctx] * num_new) >= t0
+
+
+@settings(max_examples=150, deadline=None)
+@given(combo=combos, prefill=chunks, decode=decodes, extra=st.integers(1, 8192),
+       which=st.integers(0, 100))
+def test_longer_context_never_takes_less_time(combo, prefill, decode, extra, which):
+    be = cached_backend(*combo)
+    t0 = _time(be, prefill, decode)
+    if decode:
+        j = which % len(decode)
+        longer = [*decode[:j], decode[j] + extra, *decode[j + 1:]]
+        assert _time(be, prefill, longer) >= t0
+    if prefill:
+        i = which % len(prefill)
+        cached = [*prefill[:i], (prefill[i][0], prefill[i][1] + extra), *prefill[i + 1:]]
+        assert _time(be, cached, decode) >= t0
+
+
+def test_times_grow_past_the_tabulated_range():
+    be = make_backend(max_table_tokens=512, max_table_seqs=16)
+    t = [be.time(BatchShape.from_requests([n])) for n in (400, 512, 513, 800, 2000)]
+    assert all(b > a for a, b in zip(t, t[1:], strict=False))
+    d = [be.decode_time_s(b, 100) for b in (8, 16, 17, 40, 600)]
+    assert all(b > a for a, b in zip(d, d[1:], strict=False))
+
+
+# ---- scalar vs vectorised ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"model": "Llama-2-70B", "tp": 8},
+        {"model": "Mixtral-8x7B", "tp": 2, "engine": "vllm_splitwise_2023"},
+        {"model": "Llama-3.1-8B", "gpu": "H100-SXM-80GB", "pp": 2, "pp_inter_node": True},
+        {"max_table_tokens": 256, "max_table_seqs": 16},  # extrapolation branches
+        {"engine": "vllm_splitwise_2023", "tp": 4, "tp_gpus_per_node": 2},
+    ],
+)
+def test_scalar_and_vectorised_agree(kwargs):
+    be = make_backend(**kwargs)
+    shapes = random_shapes(seed=len(str(kwargs)), n=300)
+    vec = be.iteration_times_s(BatchArrays.from_shapes(shapes))
+    scalar = np.array([be.iteration_time_s(*s.as_args()) for s in shapes])
+    assert vec.shape == (300,) and vec.dtype == np.float64
+    np.testing.assert_allclose(vec, scalar, rtol=1e-9, atol=0)
+
+
+def test_vectorised_path_is_deterministic_and_leaves_inputs_alone():
+    be = cached_backend()
+    arr = BatchArrays.from_shapes(random_shapes(seed=3, n=50))
+    before = [a.copy() for a in arr]
+    first = be.iteration_times_s(arr)
+    second = be.iteration_times_s(arr)
+    np.testing.assert_array_equal(first, second)
+    for a, b in zip(arr, before, strict=True):
+        np.testing.assert_array_equal(a, b)
