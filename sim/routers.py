@@ -30,7 +30,8 @@ class Router:
 def _eligible(view: ClusterView, req: RequestInfo, roles: tuple[str, ...]) -> np.ndarray:
     """Instances of the given roles whose KV could ever hold the request (all if none can)."""
     need = req.num_prompt_tokens + req.predicted_output_tokens
-    idx = np.array([i for i, r in enumerate(view.role) if r in roles], dtype=np.int64)
+    parts = [view.indices(r) for r in roles]
+    idx = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
     if idx.size == 0:
         idx = np.arange(view.num_instances)
     ok = idx[view.fits(need)[idx]]

@@ -47,6 +47,9 @@ class RequestInfo:
     """Longest prefix-cache hit over instances, tokens (0 if unknown)."""
 
 
+_EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY.setflags(write=False)
+
 VIEW_FIELDS = (
     "num_waiting",
     "num_running",
@@ -79,16 +82,17 @@ class ClusterView:
     Treat the arrays as read-only.
     """
 
-    __slots__ = ("now_s", "role", "block_size", "_values")
+    __slots__ = ("now_s", "role", "block_size", "_values", "_role_index")
 
     def __init__(self, now_s: float, role: tuple[str, ...], block_size: int = 16,
-                 **arrays) -> None:
+                 role_index: dict[str, np.ndarray] | None = None, **arrays) -> None:
         """Create a view.
 
         Args:
             now_s: time of the snapshot, seconds.
             role: unified / prefill / decode per instance.
             block_size: tokens per KV block.
+            role_index: optional precomputed ``role -> instance indices`` (static per cluster).
             **arrays: every name in :data:`VIEW_FIELDS`, as an array or a callable.
         """
         missing = set(VIEW_FIELDS) - set(arrays)
@@ -100,6 +104,7 @@ class ClusterView:
         self.role = role
         self.block_size = block_size
         self._values = arrays
+        self._role_index = role_index
 
     num_waiting = _field("num_waiting", "Requests in the waiting queue.")
     num_running = _field("num_running", "Requests in the running batch.")
@@ -114,7 +119,7 @@ class ClusterView:
 
     def snapshot(self) -> ClusterView:
         """A copy with every array evaluated (safe to keep after the simulator moves on)."""
-        return ClusterView(self.now_s, self.role, self.block_size,
+        return ClusterView(self.now_s, self.role, self.block_size, self._role_index,
                            **{k: np.array(getattr(self, k)) for k in VIEW_FIELDS})
 
     @property
@@ -133,7 +138,9 @@ class ClusterView:
         return self.kv_used_blocks / np.maximum(self.kv_total_blocks, 1)
 
     def indices(self, role: str) -> np.ndarray:
-        """Indices of instances with this role."""
+        """Indices of instances with this role (int64, ascending)."""
+        if self._role_index is not None:
+            return self._role_index.get(role, _EMPTY)
         return np.array([i for i, r in enumerate(self.role) if r == role], dtype=np.int64)
 
     def fits(self, num_tokens: int) -> np.ndarray:

@@ -171,6 +171,7 @@ class Simulator:
             self.now_s,
             self._roles,
             insts[0].kv.block_size,
+            self._role_index,
             num_waiting=lambda: [len(i.waiting) for i in insts],
             num_running=lambda: [len(i.running) for i in insts],
             queued_prefill_tokens=lambda: [i.queued_prefill_tokens for i in insts],
@@ -222,6 +223,12 @@ class Simulator:
             roles = tuple(i.cfg.role for i in self.instances)
             self._roles_cache = roles
             self._kv_total = np.array([i.kv.num_blocks for i in self.instances], np.int64)
+            self._kv_total.setflags(write=False)
+            self._role_index = {}
+            for role in set(roles):
+                arr = np.array([k for k, r in enumerate(roles) if r == role], dtype=np.int64)
+                arr.setflags(write=False)
+                self._role_index[role] = arr
         return roles
 
     def _admit_arrival(self) -> RequestInfo:
