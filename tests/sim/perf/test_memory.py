@@ -139,3 +139,22 @@ def test_kv_capacity_matches_distserve(shared_data):
         plan = plan_memory(get_model(r.model), A100, int(r.tp), int(r.pp), eng,
                            gpu_memory_utilization=0.95, block_size=16)
         assert plan.num_kv_tokens == pytest.approx(r.max_num_tokens, rel=0.03), r
+
+
+@pytest.mark.shared
+def test_vllm_v1_kv_capacity_matches_a_real_run(shared_data):
+    """vLLM 0.19 on an RTX 4090 reported 2588 KV blocks for Llama-3.1-8B at 0.9 utilisation."""
+    import json
+
+    from sim.catalog import get_gpu, get_model
+    from sim.perf import load_engine_params, plan_memory
+
+    meta = json.loads((shared_data / "vllm_runs/llmservingsim/RTX4090/Llama-3.1-8B/vllm/"
+                       "meta.json").read_text())
+    real = meta["kv_cache"]["num_gpu_blocks"]
+    plan = plan_memory(get_model("Llama-3.1-8B"), get_gpu("RTX-4090"), 1, 1,
+                       load_engine_params("vllm_v1"),
+                       gpu_memory_utilization=meta["kv_cache"]["gpu_memory_utilization"],
+                       block_size=meta["kv_cache"]["block_size"],
+                       max_num_batched_tokens=meta["engine_kwargs"]["max_num_batched_tokens"])
+    assert plan.num_blocks == pytest.approx(real, rel=0.03)
