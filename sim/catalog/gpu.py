@@ -23,7 +23,8 @@ class GpuSpec:
     name: str
     """Display name, e.g. ``A100-80GB-SXM``; lookups ignore case and punctuation."""
     memory_gib: float
-    """Device memory as the driver reports it, GiB (e.g. 80 for A100-80GB: 81920 MiB)."""
+    """Device memory, GiB: what CUDA reports to vLLM where known (RTX 4090: 23.52), else the
+    nvidia-smi total (A100-80GB: 80), which is ~0.5 GiB more than CUDA reports."""
     peak_dense_tflops: float
     """Peak dense (non-sparse) bf16/fp16 tensor-core throughput, TFLOP/s (fp32 accumulate)."""
     hbm_bandwidth_gb_per_s: float
