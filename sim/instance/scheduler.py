@@ -108,31 +108,49 @@ class Instance:
 
     def _schedule_running(self, plan: IterationPlan, budget: int) -> int:
         kv = self.kv
+        bs = kv.block_size
         thr = self.cfg.long_prefill_token_threshold
         running = self.running
+        reqs, num_new = plan.reqs, plan.num_new
+        num_dec = dec_ctx = 0
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
-            n = r.num_tokens - r.num_computed_tokens
+            c = r.num_computed_tokens
+            out = r.num_output_tokens
+            n = r.num_prompt_tokens + out - c
             if thr and n > thr:
                 n = thr
             if n > budget:
                 n = budget
-            need = kv.blocks_for(r.num_computed_tokens + n) - r.num_blocks
-            while need > kv.num_free:
-                victim = running.pop()
-                self.preempt(victim)
-                plan.num_preempted += 1
-                if victim is r:
-                    break
+            need = -(-(c + n) // bs) - r.num_blocks
+            if need > 0:
+                while need > kv.num_blocks - kv.num_used:
+                    victim = running.pop()
+                    self.preempt(victim)
+                    plan.num_preempted += 1
+                    if victim is r:
+                        break
+                else:
+                    kv.allocate(need)
+                    r.num_blocks += need
+                if r.status != RequestStatus.RUNNING:
+                    break  # r itself was preempted: stop scheduling (vLLM does the same)
+            reqs.append(r)
+            num_new.append(n)
+            if n == 1 and out and c == r.num_prompt_tokens + out - 1:
+                num_dec += 1
+                dec_ctx += c + 1
             else:
-                kv.allocate(need)
-                r.num_blocks += need
-                self._add(plan, r, n)
-                budget -= n
-                i += 1
-                continue
-            break  # r itself was preempted: stop scheduling (vLLM does the same)
+                plan.num_prefill_tokens += n
+                plan.num_prefill_seqs += 1
+                plan.prefill_ctx_tokens += c
+                plan.prefill_new_x_ctx += n * c
+                plan.prefill_new_sq += n * n
+            budget -= n
+            i += 1
+        plan.num_decode_seqs += num_dec
+        plan.decode_ctx_tokens += dec_ctx
         return budget
 
     def _schedule_waiting(self, plan: IterationPlan, budget: int) -> None:
@@ -259,16 +277,23 @@ class Instance:
         """
         stopped = []
         kv = self.kv
+        caching = kv.enable_prefix_caching
+        queued = 0
         for r, n in zip(plan.reqs, plan.num_new, strict=True):
-            if r.num_output_tokens == 0 or r.num_computed_tokens < r.num_tokens - 1:
-                self.queued_prefill_tokens -= n
-            r.num_computed_tokens += n
-            if r.hashes is not None and kv.enable_prefix_caching:
+            out = r.num_output_tokens
+            total = r.num_prompt_tokens + out
+            c = r.num_computed_tokens
+            if not out or c < total - 1:
+                queued += n
+            c += n
+            r.num_computed_tokens = c
+            if caching and r.hashes is not None:
                 self._register(r)
-            if r.num_computed_tokens == r.num_tokens:
-                r.num_output_tokens += 1
-                if r.num_output_tokens >= r.stop_tokens:
+            if c == total:
+                r.num_output_tokens = out + 1
+                if out + 1 >= r.stop_tokens:
                     stopped.append(r)
+        self.queued_prefill_tokens -= queued
         if stopped:
             drop = set(map(id, stopped))
             self.running = [r for r in self.running if id(r) not in drop]
