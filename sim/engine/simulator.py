@@ -5,6 +5,11 @@ One heap of tuples ``(t_s, kind, seq, a, b)``; ``kind`` orders same-time events
 the workload arrays by a cursor, never pushed), then scheduling of every instance that became
 idle or received work at that time. ``seq`` comes from the simulator's own counter.
 
+An instance runs one iteration at a time; with pipeline parallelism an iteration takes the
+whole pipeline's latency (micro-batches of different requests overlapping in the stages are
+not modelled, so PP throughput is conservative; a request can never get tokens faster than
+one per pipeline latency).
+
 Decode-only stretches run in closed form (:mod:`sim.engine.decode_run`): an instance whose
 batch cannot change until its first member stops plans ``k`` iterations as one event. An
 arrival or a KV hand-in routed to it cuts the run at the iteration in flight.
@@ -92,7 +97,6 @@ class Simulator:
         self.backends = built.backends
         self.nodes = built.nodes
         self._link_spec = built.link_bandwidth
-        self._pp = [inst.cfg.pipeline_parallel_size for inst in self.instances]
         self._ops = [_Op() for _ in self.instances]
         self._links: dict[tuple[int, int], Link] = {}
         self._link_list: list[Link] = []
@@ -323,14 +327,12 @@ class Simulator:
         self._try_pull(inst)
         op = self._ops[idx]
         backend = self.backends[idx]
-        scale = 1.0 / self._pp[idx]
         now = self.now_s
         if self.cfg.fast_forward:
             k = inst.plan_decode_run(RUN_LIMIT)
             if k:
                 b, ctx = inst.decode_batch()
-                a, s, f, c = backend.decode_line(b, ctx)
-                line = DecodeLine(a * scale, s * scale, f * scale, c * scale)
+                line = DecodeLine(*backend.decode_line(b, ctx))
                 op.plan, op.line, op.k_planned, op.k_done = None, line, k, k
                 op.start_s, op.end_s = now, now + cum_time_s(line, k)
                 op.step_s = line.a_s + line.const_s
@@ -345,7 +347,7 @@ class Simulator:
         for r in plan.reqs:
             if r.first_scheduled_s < 0:
                 r.first_scheduled_s = now
-        dt = backend.iteration_time_s(*plan.shape_args()) * scale
+        dt = backend.iteration_time_s(*plan.shape_args())
         op.plan, op.line = plan, None
         op.start_s, op.end_s, op.step_s = now, now + dt, dt
         self._launch(inst, op, idx)
@@ -362,12 +364,11 @@ class Simulator:
         inst = self.instances[idx]
         inst.busy = False
         now = self.now_s
-        fill = op.step_s * (self._pp[idx] - 1)  # pipeline stages after the last one's start
         if op.plan is not None:
             stopped = inst.complete(op.plan)
             for r in op.plan.reqs:
                 if r.num_output_tokens == 1 and r.first_token_s < 0:
-                    r.first_token_s = now + fill
+                    r.first_token_s = now
             self.num_iterations += 1
             op.plan = None
         else:
@@ -375,7 +376,7 @@ class Simulator:
             self.num_iterations += op.k_done
             op.line = None
         for r in stopped:
-            self._on_stop(inst, r, now + fill)
+            self._on_stop(inst, r, now)
         self._dirty.add(idx)
 
     def _on_stop(self, inst: Instance, r: Request, t: float) -> None:
@@ -497,7 +498,11 @@ class Simulator:
 
     def check_invariants(self) -> None:
         """Assert KV and queue invariants on every instance."""
+        out = Instance.outstanding_prefill
         for inst in self.instances:
+            queued = sum(out(r) for r in inst.waiting) + sum(out(r) for r in inst.running)
+            assert inst.queued_prefill_tokens == queued, (inst.index, inst.queued_prefill_tokens,
+                                                          queued)
             inst.kv.check()
             held = sum(r.num_blocks - r.num_shared_blocks for r in inst.running)
             assert held <= inst.kv.num_used, (inst.index, held, inst.kv.num_used)

@@ -87,7 +87,7 @@ class Instance:
         r.instance = self.index
         r.status = RequestStatus.WAITING
         self.waiting.append(r)
-        self.queued_prefill_tokens += r.num_tokens - r.num_computed_tokens
+        self.queued_prefill_tokens += self.outstanding_prefill(r)
 
     @property
     def capacity_tokens(self) -> int:
@@ -220,10 +220,11 @@ class Instance:
         r.shared_hashes = keys
         r.num_shared_blocks = hit // kv.block_size
         r.num_blocks = r.num_shared_blocks
+        before = self.outstanding_prefill(r)
         r.num_computed_tokens = hit
         if not r.num_preemptions:
             r.num_cached_prompt_tokens = hit
-        self.queued_prefill_tokens -= hit
+        self.queued_prefill_tokens -= before - self.outstanding_prefill(r)
 
     @staticmethod
     def _add(plan: IterationPlan, r: Request, n: int) -> None:
@@ -240,6 +241,13 @@ class Instance:
             plan.prefill_new_x_ctx += n * c
             plan.prefill_new_sq += n * n
 
+    @staticmethod
+    def outstanding_prefill(r: Request) -> int:
+        """Tokens ``r`` must compute before it next samples, beyond a plain decode step."""
+        total = r.num_prompt_tokens + r.num_output_tokens
+        c = r.num_computed_tokens
+        return total - c if (not r.num_output_tokens or c < total - 1) else 0
+
     def preempt(self, r: Request) -> None:
         """Evict a running request: free its blocks, requeue it first for recompute.
 
@@ -251,6 +259,7 @@ class Instance:
         kept = kv.cache_own_blocks(r.rid, r.num_shared_blocks, full)
         r.num_blocks -= kept
         self.release_blocks(r)
+        self.queued_prefill_tokens -= self.outstanding_prefill(r)
         r.num_computed_tokens = 0
         r.num_preemptions += 1
         r.status = RequestStatus.WAITING
@@ -283,8 +292,10 @@ class Instance:
             out = r.num_output_tokens
             total = r.num_prompt_tokens + out
             c = r.num_computed_tokens
-            if not out or c < total - 1:
-                queued += n
+            if not out or c < total - 1:  # a prefill or recompute chunk: see outstanding_prefill
+                c2 = c + n
+                after = 0 if c2 >= total or (out and c2 == total - 1) else total - c2
+                queued += total - c - after
             c += n
             r.num_computed_tokens = c
             if caching and r.hashes is not None:
@@ -335,6 +346,9 @@ class Instance:
         running = self.running
         if not running or len(running) > self.cfg.max_num_batched_tokens:
             return 0
+        if (self.waiting and len(running) + self.num_transfers_in < self.cfg.max_num_seqs
+                and self._head_admissible(self.cfg.max_num_batched_tokens - len(running))):
+            return 0
         kv = self.kv
         bs = kv.block_size
         hist = [0] * bs
@@ -352,9 +366,6 @@ class Instance:
             ctx += c
         self.run_ctx_tokens = ctx + len(running)
         if k < 2:
-            return 0
-        if (self.waiting and len(running) + self.num_transfers_in < self.cfg.max_num_seqs
-                and self._head_admissible(self.cfg.max_num_batched_tokens - len(running))):
             return 0
         crossing = [0] * bs
         acc = 0
@@ -386,6 +397,9 @@ class Instance:
         n = r.num_tokens - start
         if not self.cfg.enable_chunked_prefill and n > budget:
             return False
+        thr = self.cfg.long_prefill_token_threshold
+        if thr and n > thr:
+            n = thr
         held = r.num_blocks + hit // kv.block_size
         need = kv.blocks_for(start + min(n, budget)) - held
         if self.cfg.scheduler_reserve_full_isl:

@@ -46,6 +46,8 @@ def instance_cfgs(draw, role: str | None = None, min_blocks: int = 40, max_block
     return InstanceConfig(
         role=role or draw(st.sampled_from(ROLES)),
         tensor_parallel_size=draw(st.integers(1, 2)),
+        pipeline_parallel_size=draw(st.sampled_from([1, 1, 2])),
+        scheduler_reserve_full_isl=draw(st.booleans()),
         num_gpu_blocks_override=draw(st.integers(min_blocks, max(min_blocks, max_blocks))),
         max_num_batched_tokens=budget,
         max_num_seqs=max_num_seqs or draw(st.integers(1, 16)),
@@ -86,7 +88,7 @@ def run_and_check(insts: list[InstanceConfig], w: Workload, router: str,
                   fast_forward: bool) -> None:
     """Simulate and assert every invariant."""
     kwargs = {"seed": 5} if router == "random" else {}
-    sim = Simulator(MODEL, GPU, ClusterConfig(instances=insts),
+    sim = Simulator(MODEL, GPU, ClusterConfig(num_nodes=4, gpus_per_node=8, instances=insts),
                     SimConfig(check_invariants=True, fast_forward=fast_forward), w,
                     make_router(router, **kwargs))
     logs = record_batches(sim)
@@ -171,7 +173,7 @@ def test_fast_forward_is_exact(data, router):
     kwargs = {"seed": 5} if router == "random" else {}
     out = []
     for ff in (True, False):
-        sim = Simulator(MODEL, GPU, ClusterConfig(instances=insts),
+        sim = Simulator(MODEL, GPU, ClusterConfig(num_nodes=4, gpus_per_node=8, instances=insts),
                         SimConfig(fast_forward=ff), w, make_router(router, **kwargs))
         out.append(records(sim.run()))
     fast, slow = out

@@ -13,7 +13,7 @@ from sim.metrics import SLO, records, summarize
 from sim.perf import AnalyticBackend
 from sim.routers import make_router
 from sim.routing import Decision
-from sim.workload import WorkloadConfig, build_workload
+from sim.workload import Workload, WorkloadConfig, build_workload
 from tests.sim.engine.conftest import (
     GPU,
     MODEL,
@@ -426,3 +426,26 @@ def test_crossed_hand_overs_do_not_deadlock():
     sim = make_sim(w, *insts, router=ScriptedRouter([Decision(0, 1, 20), Decision(1, 0, 20)]))
     reqs = sim.run()
     assert all(r.is_terminal for r in reqs)
+
+
+def test_pipeline_parallel_request_waits_for_the_whole_pipeline():
+    """A request gets at most one token per full pipeline latency (no self-overlap)."""
+    w = Workload(np.array([0.0]), np.array([64]), np.array([200]))
+    tpots = {}
+    for pp in (1, 2, 4):
+        sim = make_sim(w, make_instance_cfg(pipeline_parallel_size=pp),
+                       router=make_router("round_robin"))
+        df = records(sim.run())
+        be = sim.backends[0]
+        one = be.iteration_time_s(0, 0, 0, 0, 0, 1, 64 + 100)
+        tpots[pp] = float(df.tpot_s.iloc[0])
+        assert tpots[pp] >= 0.9 * one
+    assert tpots[4] >= tpots[1] * 0.9  # more stages never make one request faster
+
+
+def test_hand_over_starts_after_the_lead_token():
+    w = Workload(np.array([0.0]), np.array([200]), np.array([10]))
+    sim = make_sim(w, make_instance_cfg(pipeline_parallel_size=2), make_instance_cfg(),
+                   router=ScriptedRouter([Decision(0, 1, 1)]))
+    r = sim.run()[0]
+    assert r.lead_done_s <= r.transfer_start_s < r.transfer_end_s <= r.finish_s
