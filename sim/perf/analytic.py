@@ -30,6 +30,7 @@ from sim.perf.params import EngineParams, KernelParams, load_engine_params, load
 def dense_layer_time_s(
     model: ModelSpec, gpu: GpuSpec, kp: KernelParams, tp: int, m: np.ndarray,
     intra_node_bytes_per_s: float | None = None, tp_gpus_per_node: int | None = None,
+    engine: EngineParams | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-layer time of everything but attention for ``m`` tokens, by part.
 
@@ -41,6 +42,8 @@ def dense_layer_time_s(
         m: tokens in the batch, ``(n,)``.
         intra_node_bytes_per_s: link used by TP all-reduce (default: NVLink or PCIe of gpu).
         tp_gpus_per_node: GPUs of the TP group per node when it spans nodes (None: one node).
+        engine: engine profile; its custom all-reduce (if any) replaces NCCL for small
+            intra-node messages.
 
     Returns:
         ``{"gemm", "moe", "elementwise", "allreduce"}`` -> ``(n,)`` seconds.
@@ -85,6 +88,13 @@ def dense_layer_time_s(
     if inter:
         link = gpu.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
     ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=inter)
+    # vLLM's custom all-reduce needs NVLink (or just two GPUs on PCIe)
+    custom_ok = gpu.nvlink_bytes_per_s > 0 or tp <= 2
+    if (engine is not None and engine.custom_allreduce_latency_s > 0 and tp > 1 and not inter
+            and custom_ok):
+        bus = 2.0 * (tp - 1) / tp * mh / (link * kp.allreduce_intra_eff)
+        custom = 2 * (engine.custom_allreduce_latency_s + bus)
+        ar = np.where(mh <= engine.custom_allreduce_max_bytes, np.minimum(ar, custom), ar)
     return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
 
 
@@ -128,7 +138,8 @@ class AnalyticBackend(LatencyBackend):
         m, g, kp = self.model, self.gpu, self.kp
         tokens = np.arange(max_table_tokens + 1, dtype=np.float64)
         self._tp_gpus_per_node = tp_gpus_per_node
-        parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_gpus_per_node=tp_gpus_per_node)
+        parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_gpus_per_node=tp_gpus_per_node,
+                                   engine=self.engine)
         self._dense = sum(parts.values())
         # embedding gather + final norm on M tokens
         emb = kernels.elementwise_time_s(tokens * m.hidden_size * m.dtype_bytes * 2, g, kp)
@@ -244,5 +255,5 @@ class AnalyticBackend(LatencyBackend):
     def breakdown_s(self, num_tokens: int) -> dict[str, float]:
         """Per-layer time of the dense parts for ``num_tokens`` tokens, seconds, by part."""
         parts = dense_layer_time_s(self.model, self.gpu, self.kp, self.tp, np.array([num_tokens]),
-                                   tp_gpus_per_node=self._tp_gpus_per_node)
+                                   tp_gpus_per_node=self._tp_gpus_per_node, engine=self.engine)
         return {k: float(v[0]) for k, v in parts.items()}

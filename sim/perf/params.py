@@ -161,6 +161,11 @@ class EngineParams:
     """Extra per-iteration coordination time per additional TP worker, seconds."""
     per_prefill_sq_token_s: float = 0.0
     """Host/unsharded time per squared prefill-chunk token (e.g. building masks), seconds."""
+    custom_allreduce_latency_s: float = 0.0
+    """Latency of the engine's own intra-node all-reduce for small messages (vLLM's CUDA-IPC
+    custom all-reduce), seconds; 0 = always NCCL (the fitted collective parameters)."""
+    custom_allreduce_max_bytes: int = 0
+    """Largest message the custom all-reduce handles; larger ones fall back to NCCL."""
     reserved_fixed_gib: float = 1.0
     """Per-GPU memory the engine keeps outside weights and KV (CUDA context, NCCL, graphs), GiB."""
     reserved_per_hidden_bytes: float = 0.0
@@ -181,6 +186,8 @@ class EngineParams:
                 "per_layer_s",
                 "per_tp_rank_s",
                 "per_prefill_sq_token_s",
+                "custom_allreduce_latency_s",
+                "custom_allreduce_max_bytes",
                 "reserved_fixed_gib",
                 "reserved_per_hidden_bytes",
                 "activation_scale",
