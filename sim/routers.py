@@ -27,15 +27,26 @@ class Router:
         raise NotImplementedError
 
 
-def _eligible(view: ClusterView, req: RequestInfo, roles: tuple[str, ...]) -> np.ndarray:
-    """Instances of the given roles whose KV could ever hold the request (all if none can)."""
-    need = req.num_prompt_tokens + req.predicted_output_tokens
-    parts = [view.indices(r) for r in roles]
-    idx = parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
-    if idx.size == 0:
-        idx = np.arange(view.num_instances)
-    ok = idx[view.fits(need)[idx]]
-    return ok if ok.size else idx
+def _eligible(view: ClusterView, req: RequestInfo, roles: tuple[str, ...]) -> list[int]:
+    """Instances of the given roles whose KV could ever hold the request (all if none can).
+
+    Falls back to every instance when no instance has one of the roles.
+    """
+    need_blocks = -(-(req.num_prompt_tokens + req.predicted_output_tokens) // view.block_size)
+    idx = view.index_list(roles) or list(range(view.num_instances))
+    total = view.values("kv_total_blocks")
+    ok = [i for i in idx if total[i] >= need_blocks]
+    return ok or idx
+
+
+def _argmin(idx: list[int], load) -> int:
+    """Index in ``idx`` with the smallest ``load(i)``; ties to the lowest index."""
+    best, best_load = idx[0], load(idx[0])
+    for i in idx[1:]:
+        v = load(i)
+        if v < best_load:
+            best, best_load = i, v
+    return best
 
 
 class RoundRobin(Router):
@@ -53,7 +64,7 @@ class RoundRobin(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Next eligible instance in cyclic order."""
         idx = _eligible(view, req, ("unified",))
-        i = int(idx[self._next % idx.size])
+        i = idx[self._next % len(idx)]
         self._next += 1
         return Decision(i, i, COLOCATE)
 
@@ -66,8 +77,8 @@ class JoinShortestQueue(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Shortest queue among eligible unified instances."""
         idx = _eligible(view, req, ("unified",))
-        load = view.num_waiting[idx] + view.num_running[idx]
-        i = int(idx[int(np.argmin(load))])
+        w, r = view.values("num_waiting"), view.values("num_running")
+        i = _argmin(idx, lambda k: w[k] + r[k])
         return Decision(i, i, COLOCATE)
 
 
@@ -79,8 +90,9 @@ class LeastOutstandingTokens(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Least-loaded eligible unified instance by tokens."""
         idx = _eligible(view, req, ("unified",))
-        load = view.queued_prefill_tokens[idx] + view.kv_used_blocks[idx] * view.block_size
-        i = int(idx[int(np.argmin(load))])
+        q, used, bs = view.values("queued_prefill_tokens"), view.values("kv_used_blocks"), \
+            view.block_size
+        i = _argmin(idx, lambda k: q[k] + used[k] * bs)
         return Decision(i, i, COLOCATE)
 
 
@@ -96,10 +108,12 @@ class DistServeRouter(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Shortest prefill queue, then the decode instance with the most free KV."""
         pre = _eligible(view, req, ("prefill",) if "prefill" in view.role else ("unified",))
-        i = int(pre[int(np.argmin(view.queued_prefill_tokens[pre] + view.num_waiting[pre]))])
+        q, w = view.values("queued_prefill_tokens"), view.values("num_waiting")
+        i = _argmin(pre, lambda k: q[k] + w[k])
         dec = _eligible(view, req, ("decode",) if "decode" in view.role else ("unified",))
-        load = view.kv_used_frac[dec] + 1e-3 * (view.num_running[dec] + view.num_transfers_in[dec])
-        j = int(dec[int(np.argmin(load))])
+        used, total = view.values("kv_used_blocks"), view.values("kv_total_blocks")
+        run, tin = view.values("num_running"), view.values("num_transfers_in")
+        j = _argmin(dec, lambda k: used[k] / max(total[k], 1) + 1e-3 * (run[k] + tin[k]))
         return Decision(i, j, 1)
 
 
@@ -120,15 +134,16 @@ class DynaServeHeuristic(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Pick Lead, Follow and a load-balancing split."""
         idx = _eligible(view, req, ("unified", "prefill", "decode"))
-        resident = view.kv_used_blocks * view.block_size
-        lead_load = view.queued_prefill_tokens + resident
-        i = int(idx[int(np.argmin(lead_load[idx]))])
-        others = idx[idx != i]
-        if others.size == 0:
+        bs = view.block_size
+        used, q = view.values("kv_used_blocks"), view.values("queued_prefill_tokens")
+        i = _argmin(idx, lambda k: q[k] + used[k] * bs)
+        others = [k for k in idx if k != i]
+        if not others:
             return Decision(i, i, COLOCATE)
-        follow_load = resident + view.num_transfers_in * req.num_prompt_tokens
-        j = int(others[int(np.argmin(follow_load[others]))])
-        li, fj = float(lead_load[i]) + 1.0, float(follow_load[j]) + 1.0
+        tin, prompt = view.values("num_transfers_in"), req.num_prompt_tokens
+        j = _argmin(others, lambda k: used[k] * bs + tin[k] * prompt)
+        li = q[i] + used[i] * bs + 1.0
+        fj = used[j] * bs + tin[j] * prompt + 1.0
         split = max(1, round(req.predicted_output_tokens * fj / (li + fj)))
         return Decision(i, j, int(split))
 
@@ -149,7 +164,7 @@ class RandomRouter(Router):
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Random valid decision."""
         idx = _eligible(view, req, ("unified", "prefill", "decode"))
-        i, j = (int(x) for x in self._rng.choice(idx, size=2))
+        i, j = (int(x) for x in self._rng.choice(np.asarray(idx), size=2))
         split = int(self._rng.integers(1, max(req.predicted_output_tokens, 1) + 1))
         return Decision(i, j, split)
 

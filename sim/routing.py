@@ -65,8 +65,8 @@ VIEW_FIELDS = (
 def _field(name: str, doc: str) -> property:
     def get(self: ClusterView) -> np.ndarray:
         value = self._values[name]
-        if callable(value):
-            value = np.asarray(value(), dtype=np.int64)
+        if not isinstance(value, np.ndarray):
+            value = np.asarray(value() if callable(value) else value, dtype=np.int64)
             self._values[name] = value
         return value
 
@@ -117,6 +117,17 @@ class ClusterView:
     num_transfers_out = _field("num_transfers_out",
                                "KV hand-overs pending or in flight out of the instance.")
 
+    def values(self, name: str) -> list[int]:
+        """One field as a plain list (cheaper than the array for a few instances).
+
+        Routers scanning a handful of instances use this; it shares the lazy evaluation.
+        """
+        value = self._values[name]
+        if callable(value):
+            value = value()
+            self._values[name] = value
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
     def snapshot(self) -> ClusterView:
         """A copy with every array evaluated (safe to keep after the simulator moves on)."""
         return ClusterView(self.now_s, self.role, self.block_size, self._role_index,
@@ -136,6 +147,10 @@ class ClusterView:
     def kv_used_frac(self) -> np.ndarray:
         """KV usage as a 0-1 fraction (vLLM's ``kv_cache_usage_perc`` / 100)."""
         return self.kv_used_blocks / np.maximum(self.kv_total_blocks, 1)
+
+    def index_list(self, roles: tuple[str, ...]) -> list[int]:
+        """Indices of instances with any of these roles, ascending (a plain list)."""
+        return [i for i, r in enumerate(self.role) if r in roles]
 
     def indices(self, role: str) -> np.ndarray:
         """Indices of instances with this role (int64, ascending)."""
