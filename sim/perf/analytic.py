@@ -98,6 +98,16 @@ def dense_layer_time_s(
     return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
 
 
+def _tail_slope(table: np.ndarray) -> float:
+    """Per-entry growth over the upper half of a table (for linear extrapolation past it).
+
+    The last step alone reflects one wave-quantisation jump, not the average growth.
+    """
+    n = len(table) - 1
+    half = n // 2
+    return max(float(table[n] - table[half]) / max(n - half, 1), 0.0)
+
+
 class AnalyticBackend(LatencyBackend):
     """Default backend: calibrated roofline model of each kernel (see module docstring)."""
 
@@ -157,9 +167,9 @@ class AnalyticBackend(LatencyBackend):
         eng = self.engine
         self._head = head + eng.fixed_s + eng.per_seq_s * seqs
         self._max_m, self._max_s = max_table_tokens, max_table_seqs
-        self._slope_m = self._dense[-1] - self._dense[-2]
-        self._slope_x = self._per_token_extra[-1] - self._per_token_extra[-2]
-        self._slope_s = self._head[-1] - self._head[-2]
+        self._slope_m = _tail_slope(self._dense)
+        self._slope_x = _tail_slope(self._per_token_extra)
+        self._slope_s = _tail_slope(self._head)
         self._layers = float(m.num_layers)
         self._overhead = eng.per_tp_rank_s * (tp - 1)
         self._cpu_layer = eng.per_layer_s

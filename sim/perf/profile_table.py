@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sim.catalog import CatalogError, GpuSpec, ModelSpec
-from sim.perf.analytic import AnalyticBackend
+from sim.perf.analytic import AnalyticBackend, _tail_slope
 from sim.perf.params import EngineParams
 
 _OPS = ("input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
@@ -84,12 +84,15 @@ class ProfileTableBackend(AnalyticBackend):
         m = np.arange(max_table_tokens + 1, dtype=np.float64)
         dense = np.interp(m, xs, ys)
         if len(xs) >= 2:
-            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+            # extrapolate with the average growth over the upper half of the samples (the
+            # last two samples alone can even decrease: measurement noise)
+            mid = float(np.interp(xs[-1] / 2, xs, ys))
+            slope = max((ys[-1] - mid) / (xs[-1] / 2), 0.0)
             dense = np.where(m > xs[-1], ys[-1] + (m - xs[-1]) * slope, dense)
         dense[0] = 0.0
         ar = self._allreduce(m, allreduce_table) if tp > 1 else np.zeros_like(m)
         self._dense = dense + ar
-        self._slope_m = self._dense[-1] - self._dense[-2]
+        self._slope_m = _tail_slope(self._dense)
 
     def _allreduce(self, m: np.ndarray, table: Path | str | None) -> np.ndarray:
         """Two all-reduces of ``m * hidden * dtype`` bytes per layer, from a table if given."""

@@ -88,9 +88,10 @@ def _read_jsonl(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[li
             if missing:
                 raise ValueError(f"{path}: line {line_number}: missing key {missing[0]!r}")
             for key in ("input_length", "output_length"):
-                if not isinstance(record[key], int) or record[key] < 1:
+                value = record[key]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(f"{path}: line {line_number}, key {key!r}: "
-                                     f"{record[key]!r} is not an integer >= 1")
+                                     f"{value!r} is not an integer >= 1")
             stamps.append(record["timestamp"])
             prompts.append(record["input_length"])
             outputs.append(record["output_length"])
@@ -159,6 +160,9 @@ def load_mooncake_jsonl(path: str | Path, spread_buckets: bool = True,
             raise ValueError(f"{path} is bucketed and spread_buckets=True: pass rng (a "
                              "np.random.Generator) or set spread_buckets=False")
         arrival_s = spread_buckets_s(arrival_s, rng, bucket_s)
+    for row, h in enumerate(hashes, start=1):
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in h):
+            raise ValueError(f"{path}: line {row}: hash_ids must be integers, got {h[:5]!r}")
     num_blocks = np.fromiter((len(h) for h in hashes), dtype=np.int64, count=len(hashes))
     offsets = np.concatenate(([0], np.cumsum(num_blocks)))
     ids = np.fromiter((x for h in hashes for x in h), dtype=np.int64, count=int(offsets[-1]))

@@ -22,7 +22,7 @@ _EMPTY_IDS.setflags(write=False)
 
 
 def _as_array(value: object, dtype: type, field: str) -> np.ndarray:
-    """Return a read-only 1-D view of ``value`` as ``dtype``; raise naming ``field`` otherwise."""
+    """Return a read-only private 1-D copy of ``value`` as ``dtype``; raise naming ``field``."""
     arr = np.asarray(value)
     if arr.ndim != 1:
         raise ValueError(f"Workload.{field} must be 1-D, got shape {arr.shape}; pass a flat array")
@@ -30,9 +30,9 @@ def _as_array(value: object, dtype: type, field: str) -> np.ndarray:
         if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.rint(arr)):
             raise ValueError(f"Workload.{field} must hold integers, got dtype {arr.dtype}; "
                              "round the values or pass an int64 array")
-    view = arr.astype(dtype, copy=False).view()
-    view.setflags(write=False)
-    return view
+    owned = arr.astype(dtype, copy=True)  # a private copy: callers cannot mutate it later
+    owned.setflags(write=False)
+    return owned
 
 
 def _first_bad(mask: np.ndarray) -> int:

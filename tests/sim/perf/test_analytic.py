@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sim import perf
 from sim.catalog import CatalogError
 from sim.perf import BatchArrays, BatchShape, kernels
-from sim.perf.analytic import dense_layer_time_s
+from sim.perf.analytic import AnalyticBackend, dense_layer_time_s
 from tests.sim.perf.conftest import (
     cached_backend,
     make_backend,
@@ -301,3 +301,15 @@ def test_vectorised_path_is_deterministic_and_leaves_inputs_alone():
     np.testing.assert_array_equal(first, second)
     for a, b in zip(arr, before, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_extrapolation_past_the_table_follows_the_average_growth():
+    small = AnalyticBackend("Llama-3.1-8B", "H100-SXM-80GB", max_table_tokens=16384)
+    big = AnalyticBackend("Llama-3.1-8B", "H100-SXM-80GB", max_table_tokens=65536)
+    for n in (32768, 65536):
+        assert small.prefill_time_s(n) == pytest.approx(big.prefill_time_s(n), rel=0.05)
+
+
+def test_prefill_chunk_on_a_long_cache_costs_about_a_decode():
+    be = AnalyticBackend("Llama-3.1-8B", "H100-SXM-80GB")
+    assert be.prefill_time_s(1, 100_000) == pytest.approx(be.decode_time_s(1, 100_001), rel=0.25)

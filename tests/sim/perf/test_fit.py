@@ -60,20 +60,22 @@ def test_fit_elementwise_recovers_known_parameters():
 
 
 def test_fit_attention_recovers_known_parameters():
+    # the fit ties prefill's cached-KV read efficiency to decode's (one kernel reads both)
+    truth = dataclasses.replace(TRUTH, attn_prefill_memory_eff=TRUTH.attn_decode_memory_eff)
     gpu = get_gpu(GPU_NAME)
     heads = {"num_q_heads": 32, "num_kv_heads": 32, "head_dim": 128}
     c, x = (a.ravel() for a in np.meshgrid(np.geomspace(16, 8192, 12).round(),
                                            [0.0, 512.0, 2048.0, 8192.0]))
     pre = pd.DataFrame({"new_tokens": c, "ctx_tokens": x,
                         "measured_s": kernels.attn_prefill_time_s(c, x, c * x, c * c, gpu=gpu,
-                                                                  kp=TRUTH, **heads)})
+                                                                  kp=truth, **heads)})
     b, ctx = (a.ravel() for a in np.meshgrid([1.0, 2, 4, 8, 16, 32, 64, 128],
                                              np.geomspace(64, 16384, 8).round()))
     dec = pd.DataFrame({"batch_size": b, "ctx_tokens": ctx,
-                        "measured_s": kernels.attn_decode_time_s(b, b * ctx, gpu=gpu, kp=TRUTH,
+                        "measured_s": kernels.attn_decode_time_s(b, b * ctx, gpu=gpu, kp=truth,
                                                                  **heads)})
     got = fit.fit_attention(pre, dec, heads, GPU_NAME, fit.PRIOR)
-    assert_fields_close(got, TRUTH, fit.PREFILL_FIELDS + fit.DECODE_FIELDS, rel=1e-5)
+    assert_fields_close(got, truth, fit.PREFILL_FIELDS + fit.DECODE_FIELDS, rel=1e-5)
 
 
 def _network_rows(groups) -> pd.DataFrame:

@@ -207,3 +207,19 @@ def test_mooncake_synthetic_real_is_not_spread():
     assert len(a) == 3_993 and a.prompt_tokens.mean() == pytest.approx(15_325, abs=1)
     b = load_mooncake_jsonl(MOONCAKE / "synthetic_trace.jsonl", spread_buckets=False)
     np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+
+
+def test_mooncake_rejects_non_integer_hashes_and_boolean_lengths(tmp_path):
+    import json
+
+    from sim.workload import load_mooncake_jsonl
+
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps({"timestamp": 0, "input_length": 600, "output_length": 5,
+                             "hash_ids": [1.7, 2.2]}) + "\n")
+    with pytest.raises(ValueError, match="hash_ids must be integers"):
+        load_mooncake_jsonl(p, spread_buckets=False)
+    p.write_text(json.dumps({"timestamp": 0, "input_length": True, "output_length": 5,
+                             "hash_ids": [1]}) + "\n")
+    with pytest.raises(ValueError, match="input_length"):
+        load_mooncake_jsonl(p, spread_buckets=False)

@@ -114,3 +114,12 @@ def test_empty_workload_is_allowed():
     w = Workload(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
     assert len(w) == 0 and w.rate_per_s == 0.0 and w.duration_s == 0.0
     assert np.isnan(w.summary()["prompt_tokens_mean"])
+
+
+def test_workload_keeps_a_private_copy_of_its_arrays():
+    from sim.workload import Workload
+
+    a = np.array([0.0, 1.0, 2.0])
+    w = Workload(a, np.array([5, 5, 5]), np.array([1, 1, 1]))
+    a[0] = 5.0
+    assert w.arrival_s[0] == 0.0
