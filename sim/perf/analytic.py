@@ -88,8 +88,9 @@ def dense_layer_time_s(
     if inter:
         link = gpu.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
     ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=inter)
-    # vLLM's custom all-reduce needs NVLink (or just two GPUs on PCIe)
-    custom_ok = gpu.nvlink_bytes_per_s > 0 or tp <= 2
+    # vLLM's custom all-reduce needs NVLink; on PCIe-only GPUs it is off for > 2 GPUs and
+    # needs P2P for 2 (the real 2 x RTX PRO 6000 run matches NCCL timing, so: NVLink only)
+    custom_ok = gpu.nvlink_bytes_per_s > 0
     if (engine is not None and engine.custom_allreduce_latency_s > 0 and tp > 1 and not inter
             and custom_ok):
         bus = 2.0 * (tp - 1) / tp * mh / (link * kp.allreduce_intra_eff)
