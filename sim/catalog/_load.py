@@ -127,3 +127,14 @@ def lookup(entries: dict[str, T], name: str, kind: str) -> T:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     extra = f" Did you mean {', '.join(close)}?" if close else ""
     raise CatalogError(f"unknown {kind} {name!r}.{extra} Known {kind}s: {', '.join(known)}")
+
+
+def run_cli(main, argv=None) -> None:
+    """Run a command-line ``main``; bad input ends with one clear line and exit code 2."""
+    import sys
+
+    try:
+        main(argv)
+    except (CatalogError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -367,4 +367,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sim.catalog._load import run_cli
+
+    run_cli(main)
