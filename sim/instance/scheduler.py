@@ -354,7 +354,7 @@ class Instance:
         hist = [0] * bs
         k = limit
         ctx = 0
-        for r in running:
+        for r in reversed(running):  # newest first: a prefilling member ends the scan early
             c = r.num_computed_tokens
             out = r.num_output_tokens
             if not out or c != r.num_prompt_tokens + out - 1:
