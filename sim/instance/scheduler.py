@@ -111,8 +111,6 @@ class Instance:
         bs = kv.block_size
         thr = self.cfg.long_prefill_token_threshold
         running = self.running
-        reqs, num_new = plan.reqs, plan.num_new
-        num_dec = dec_ctx = 0
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
@@ -136,21 +134,9 @@ class Instance:
                     r.num_blocks += need
                 if r.status != RequestStatus.RUNNING:
                     break  # r itself was preempted: stop scheduling (vLLM does the same)
-            reqs.append(r)
-            num_new.append(n)
-            if n == 1 and out and c == r.num_prompt_tokens + out - 1:
-                num_dec += 1
-                dec_ctx += c + 1
-            else:
-                plan.num_prefill_tokens += n
-                plan.num_prefill_seqs += 1
-                plan.prefill_ctx_tokens += c
-                plan.prefill_new_x_ctx += n * c
-                plan.prefill_new_sq += n * n
+            self._add(plan, r, n)
             budget -= n
             i += 1
-        plan.num_decode_seqs += num_dec
-        plan.decode_ctx_tokens += dec_ctx
         return budget
 
     def _schedule_waiting(self, plan: IterationPlan, budget: int) -> None:
