@@ -14,7 +14,8 @@ import numpy as np
 ArrivalProcess = Callable[..., np.ndarray]
 
 
-def _check_count(num_requests: int) -> int:
+def check_count(num_requests: int) -> int:
+    """Validate a request count (an int >= 0); shared by arrivals and lengths."""
     if isinstance(num_requests, bool) or not isinstance(num_requests, int | np.integer):
         raise ValueError(f"num_requests must be an int, got {num_requests!r}")
     if num_requests < 0:
@@ -42,7 +43,7 @@ def poisson(num_requests: int, rng: np.random.Generator, *, rate_per_s: float) -
     Returns:
         (n,) float64 arrival times, seconds.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     rate_per_s = _check_positive("rate_per_s", rate_per_s)
     return np.cumsum(rng.exponential(1.0 / rate_per_s, n))
 
@@ -63,7 +64,7 @@ def gamma(num_requests: int, rng: np.random.Generator, *, rate_per_s: float,
     Returns:
         (n,) float64 arrival times, seconds.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     rate_per_s = _check_positive("rate_per_s", rate_per_s)
     cv = _check_positive("cv", cv)
     shape = 1.0 / cv**2
@@ -90,7 +91,7 @@ def mmpp_onoff(num_requests: int, rng: np.random.Generator, *, rate_on_per_s: fl
     Returns:
         (n,) float64 arrival times, seconds.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     rate_on = _check_positive("rate_on_per_s", rate_on_per_s)
     rate_off = _check_positive("rate_off_per_s", rate_off_per_s, allow_zero=True)
     mean_on = _check_positive("mean_on_s", mean_on_s)
@@ -134,7 +135,7 @@ def diurnal(num_requests: int, rng: np.random.Generator, *, mean_rate_per_s: flo
     Returns:
         (n,) float64 arrival times, seconds.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     mean_rate = _check_positive("mean_rate_per_s", mean_rate_per_s)
     period_s = _check_positive("period_s", period_s)
     amplitude_frac = float(amplitude_frac)

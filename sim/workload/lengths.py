@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.workload._columns import CsvTable
+from sim.workload.arrivals import check_count
 
 LengthDistribution = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -21,14 +22,6 @@ LENGTH_COLUMNS = (
     ("num_prefill_tokens", "num_decode_tokens"),
 )
 """Accepted (prompt, output) header pairs: Baton/DistServe and Sarathi/Vidur naming."""
-
-
-def _check_count(num_requests: int) -> int:
-    if isinstance(num_requests, bool) or not isinstance(num_requests, int | np.integer):
-        raise ValueError(f"num_requests must be an int, got {num_requests!r}")
-    if num_requests < 0:
-        raise ValueError(f"num_requests must be >= 0, got {num_requests}")
-    return int(num_requests)
 
 
 def fixed(num_requests: int, rng: np.random.Generator, *, prompt_tokens: int,
@@ -44,7 +37,7 @@ def fixed(num_requests: int, rng: np.random.Generator, *, prompt_tokens: int,
     Returns:
         ``(prompt_tokens, output_tokens)``, each (n,) int64.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     for name, value in (("prompt_tokens", prompt_tokens), ("output_tokens", output_tokens)):
         if int(value) != value or value < 1:
             raise ValueError(f"fixed length {name} must be an integer >= 1, got {value}")
@@ -91,7 +84,7 @@ def lognormal(num_requests: int, rng: np.random.Generator, *, prompt_mean: float
     Returns:
         ``(prompt_tokens, output_tokens)``, each (n,) int64.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     if min_tokens < 1 or min_tokens > min(max_prompt_tokens, max_output_tokens):
         raise ValueError(f"min_tokens = {min_tokens} must be >= 1 and <= max_prompt_tokens "
                          f"({max_prompt_tokens}) and max_output_tokens ({max_output_tokens})")
@@ -114,7 +107,7 @@ def empirical(num_requests: int, rng: np.random.Generator, *,
     Returns:
         ``(prompt_tokens, output_tokens)``, each (n,) int64; row i of the output is one table row.
     """
-    n = _check_count(num_requests)
+    n = check_count(num_requests)
     table = np.asarray(table)
     if table.ndim != 2 or table.shape[1] != 2 or table.shape[0] == 0:
         raise ValueError(f"empirical table must have shape (k >= 1, 2), got {table.shape}; "
