@@ -22,10 +22,18 @@ def default_cluster() -> ClusterConfig:
 
 
 def default_workload() -> WorkloadConfig:
-    """Bursty arrivals (Gamma gaps, CV 4) with lognormal ShareGPT-like lengths."""
+    """``conf/workload/bursty.yaml`` scaled by 8 (to 16 req/s) for the eight instances.
+
+    Gamma inter-arrival gaps with CV 4 and lognormal ShareGPT-like lengths.
+    """
     return WorkloadConfig(name="bursty", kind="synthetic", num_requests=1000,
-                          arrival=ArrivalConfig(process="gamma", rate_per_s=16.0, cv=4.0),
-                          lengths=LengthConfig(distribution="lognormal"))
+                          arrival=ArrivalConfig(process="gamma", rate_per_s=2.0, cv=4.0),
+                          lengths=LengthConfig(distribution="lognormal"), rate_scale=8.0)
+
+
+def default_slo() -> SLO:
+    """``conf/slo/chat_long.yaml``: TTFT 1 s, TPOT 50 ms, 90% attainment."""
+    return SLO(ttft_s=1.0, tpot_s=0.05, attainment_target_frac=0.9)
 
 
 @dataclass
@@ -42,7 +50,7 @@ class EnvConfig:
     """Nodes and instances."""
     workload: WorkloadConfig = field(default_factory=default_workload)
     """Arrival process and lengths, or a trace, that episodes are drawn from."""
-    slo: SLO = field(default_factory=SLO)
+    slo: SLO = field(default_factory=default_slo)
     """TTFT/TPOT objectives (reward and an observation feature)."""
     sim: SimConfig = field(default_factory=lambda: SimConfig(output_prediction_cv=0.3))
     """Simulator options (backend, output-length prediction noise)."""

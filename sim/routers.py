@@ -82,6 +82,34 @@ class JoinShortestQueue(Router):
         return Decision(i, i, COLOCATE)
 
 
+class VllmDataParallel(Router):
+    """Colocated, as vLLM's data-parallel front end balances engines (no split).
+
+    vLLM V1's DP load balancer scores each engine ``4 * waiting + running`` and picks the
+    lowest score, scanning from a rotating start so ties spread (here the start advances by
+    one per request).
+    """
+
+    name = "vllm_dp"
+
+    def __init__(self) -> None:
+        self._start = 0
+
+    def reset(self) -> None:
+        """Restart the tie-break rotation."""
+        self._start = 0
+
+    def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
+        """Lowest ``4 * waiting + running`` among eligible unified instances."""
+        idx = _eligible(view, req, ("unified",))
+        k = self._start % len(idx)
+        self._start += 1
+        idx = idx[k:] + idx[:k]
+        w, r = view.values("num_waiting"), view.values("num_running")
+        i = _argmin(idx, lambda j: 4 * w[j] + r[j])
+        return Decision(i, i, COLOCATE)
+
+
 class LeastOutstandingTokens(Router):
     """Colocated; the least outstanding work: queued prefill tokens plus resident KV tokens."""
 
@@ -171,8 +199,8 @@ class RandomRouter(Router):
 
 ROUTERS: dict[str, type[Router]] = {
     r.name: r
-    for r in (RoundRobin, JoinShortestQueue, LeastOutstandingTokens, DistServeRouter,
-              DynaServeHeuristic, RandomRouter)
+    for r in (RoundRobin, JoinShortestQueue, VllmDataParallel, LeastOutstandingTokens,
+              DistServeRouter, DynaServeHeuristic, RandomRouter)
 }
 """Router name -> class; configs hold the name."""
 

@@ -49,7 +49,7 @@ def test_every_router_returns_a_valid_decision(name):
 
 
 @pytest.mark.parametrize("name", ["round_robin", "join_shortest_queue",
-                                  "least_outstanding_tokens"])
+                                  "least_outstanding_tokens", "vllm_dp"])
 def test_colocating_routers_use_unified_instances(name):
     view = make_view(("prefill", "unified", "decode", "unified"))
     router = make_router(name)
@@ -83,6 +83,14 @@ def test_ties_go_to_the_lowest_index():
 def test_join_shortest_queue_counts_waiting_and_running():
     view = make_view(("unified",) * 3, num_waiting=[2, 0, 1], num_running=[1, 3, 0])
     assert make_router("join_shortest_queue")(view, req()).lead == 2
+
+
+def test_vllm_dp_weighs_waiting_four_times_running_and_rotates_ties():
+    view = make_view(("unified",) * 3, num_waiting=[1, 0, 0], num_running=[0, 5, 4])
+    assert make_router("vllm_dp")(view, req()).lead == 0   # scores 4, 5, 4 -> 0 (start 0)
+    router = make_router("vllm_dp")
+    empty = make_view(("unified",) * 3)
+    assert [router(empty, req()).lead for _ in range(4)] == [0, 1, 2, 0]
 
 
 def test_least_outstanding_tokens_counts_queue_and_resident_kv():
