@@ -1,0 +1,339 @@
+"""The allocation and placement integer program (OR-Tools), exact over a candidate list.
+
+Decides how many instances of each candidate (role, tp, pp) run on each node of a cluster of
+``num_nodes x gpus_per_node`` identical GPUs. Rates are integers in milli-req/s (capacities
+rounded down), so every solver sees the same exact integer model.
+
+Variables and constraints (``c`` candidate, ``n`` node, ``M`` GPUs per node)::
+
+    x[c,n] >= 0   instances of a node-local candidate (tp*pp <= M) on node n
+    s[c,n] >= 0   pipeline-stage segments (tp GPUs each) of a spanning candidate on node n
+    m[c]          spanning instances:  sum_n s[c,n] = pp_c * m[c],  s[c,n] <= m[c]
+                  (so each instance's stages sit on pp distinct nodes)
+    u[n] = sum g_c x[c,n] + sum tp_c s[c,n] <= M,   u[0] >= u[1] >= ... (symmetry)
+    R = colocated capacity + F                      (goodput, milli-req/s)
+
+    high node affinity (fast cross-node links; prefill and decode provisioned independently):
+        F <= sum prefill capacities,  F <= sum decode capacities   (KV crosses nodes freely)
+    low node affinity (slow cross-node links; KV must stay on NVLink):
+        F = sum_n f[n] + sum_pairs cap_pair * m[pair]
+        f[n] <= prefill capacity on node n,  f[n] <= decode capacity on node n
+        spanning prefill and decode instances only as pairs of equal pp whose stage-k
+        segments share a node (s[pair,n] counts a prefill segment plus a decode segment)
+
+Objectives: ``max_goodput`` (R, then fewer GPUs), ``min_gpus`` (fewest GPUs with R >= rate,
+then more R), ``goodput_per_gpu`` (R / GPUs, by Dinkelbach's method: a short sequence of the
+integer programs ``max q R - p G`` with ``p / q`` the best ratio so far; then, with
+``fill_cluster``, the most goodput at that ratio).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from ortools.linear_solver import pywraplp
+
+from solvers.capacity import Candidate
+
+SOLVERS = ("CP_SAT", "SCIP", "HIGHS", "CBC")
+"""Solver backends of ``pywraplp`` accepted."""
+OBJECTIVES = ("goodput_per_gpu", "max_goodput", "min_gpus")
+"""What the program optimises."""
+AFFINITIES = ("high", "low")
+"""Node affinity: high = KV may cross nodes; low = prefill/decode segments share a node."""
+MILLI = 1000
+"""Rates are integers in 1/MILLI req/s."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One allocation problem over a candidate list."""
+
+    candidates: tuple[Candidate, ...]
+    """Instance configurations with capacities."""
+    num_nodes: int
+    """Nodes in the cluster."""
+    gpus_per_node: int
+    """GPUs per node."""
+    node_affinity: str = "high"
+    """high or low (see the module docstring)."""
+    objective: str = "goodput_per_gpu"
+    """goodput_per_gpu, max_goodput or min_gpus."""
+    rate_per_s: float = 0.0
+    """min_gpus: the rate to serve, req/s."""
+    fill_cluster: bool = True
+    """goodput_per_gpu: replicate the best ratio over as much of the cluster as it allows."""
+
+    def __post_init__(self) -> None:
+        if self.num_nodes < 1 or self.gpus_per_node < 1:
+            raise ValueError(f"cluster needs num_nodes >= 1 and gpus_per_node >= 1, got "
+                             f"{self.num_nodes} x {self.gpus_per_node}")
+        if self.node_affinity not in AFFINITIES:
+            raise ValueError(f"node_affinity {self.node_affinity!r} is not one of "
+                             f"{', '.join(AFFINITIES)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.objective == "min_gpus" and not self.rate_per_s > 0:
+            raise ValueError(f"objective min_gpus needs rate_per_s > 0, got {self.rate_per_s}")
+
+    def cap(self, c: Candidate) -> int:
+        """Capacity of ``c`` in milli-req/s (rounded down: never optimistic)."""
+        return int(c.capacity_per_s * MILLI)
+
+    def is_local(self, c: Candidate) -> bool:
+        """Whether an instance of ``c`` fits in one node."""
+        return c.num_gpus <= self.gpus_per_node
+
+    def usable(self) -> list[Candidate]:
+        """Candidates that can be placed at all (a stage fits a node, stages <= nodes)."""
+        return [c for c in self.candidates if self.cap(c) > 0 and c.tp <= self.gpus_per_node
+                and (self.is_local(c) or c.pp <= self.num_nodes)]
+
+    def pairs(self) -> list[tuple[Candidate, Candidate]]:
+        """Low affinity: spanning (prefill, decode) pairs of equal pp whose stages share nodes."""
+        if self.node_affinity != "low":
+            return []
+        span = [c for c in self.usable() if not self.is_local(c)]
+        return [(p, d) for p in span if p.role == "prefill" for d in span
+                if d.role == "decode" and d.pp == p.pp and p.tp + d.tp <= self.gpus_per_node]
+
+
+@dataclass
+class Allocation:
+    """The solver's answer."""
+
+    status: str
+    """OPTIMAL, FEASIBLE (time limit: best found), INFEASIBLE or NOT_SOLVED."""
+    goodput_per_s: float = 0.0
+    """Predicted goodput, req/s (capacities rounded down to milli-req/s)."""
+    num_gpus: int = 0
+    """GPUs the instances occupy."""
+    instances: list[tuple[Candidate, list[int]]] = field(default_factory=list)
+    """One entry per instance: its candidate and the node of each pipeline stage."""
+    gap_frac: float = 0.0
+    """Relative optimality gap of the last program solved (0 = proven optimal)."""
+    solve_s: float = 0.0
+    """Wall time in the solver, seconds."""
+    num_solves: int = 0
+    """Integer programs solved (Dinkelbach iterations included)."""
+    message: str = ""
+    """Why there is no plan, when there is none."""
+
+    @property
+    def goodput_per_gpu(self) -> float:
+        """Goodput per GPU used, req/s."""
+        return self.goodput_per_s / self.num_gpus if self.num_gpus else 0.0
+
+
+class _Model:
+    """The integer program for one :class:`Problem` (built once, objective changed per call)."""
+
+    def __init__(self, prob: Problem, solver: str, num_workers: int) -> None:
+        self.prob = prob
+        self.solver = pywraplp.Solver.CreateSolver(solver)
+        if self.solver is None:
+            raise ValueError(f"solver {solver!r} is unavailable; use one of {', '.join(SOLVERS)}")
+        self.solver.SuppressOutput()
+        if solver == "CP_SAT":
+            self.solver.SetSolverSpecificParametersAsString(f"num_workers:{num_workers}")
+        s, nodes, m = self.solver, range(prob.num_nodes), prob.gpus_per_node
+        cands = prob.usable()
+        self.local = [c for c in cands if prob.is_local(c)]
+        low = prob.node_affinity == "low"
+        self.span = [c for c in cands if not prob.is_local(c)
+                     and not (low and c.role in ("prefill", "decode"))]
+        self.pair = prob.pairs()
+        self.x = {(i, n): s.IntVar(0, m // c.num_gpus, f"x{i}_{n}")
+                  for i, c in enumerate(self.local) for n in nodes}
+        self.s, self.m = {}, {}
+        span_items = [(c.tp, c.pp) for c in self.span] + [(p.tp + d.tp, p.pp)
+                                                          for p, d in self.pair]
+        for k, (tp, pp) in enumerate(span_items):
+            ub = prob.num_nodes * (m // tp) // pp
+            self.m[k] = s.IntVar(0, ub, f"m{k}")
+            terms = []
+            for n in nodes:
+                v = s.IntVar(0, min(ub, m // tp), f"s{k}_{n}")
+                s.Add(v <= self.m[k])
+                self.s[k, n] = v
+                terms.append(v)
+            s.Add(sum(terms) == pp * self.m[k])
+        self.span_items = span_items
+        self.used = []
+        for n in nodes:
+            u = sum(c.num_gpus * self.x[i, n] for i, c in enumerate(self.local))
+            u += sum(tp * self.s[k, n] for k, (tp, _) in enumerate(span_items))
+            var = s.IntVar(0, m, f"u{n}")
+            s.Add(var == u)
+            self.used.append(var)
+        for n in range(prob.num_nodes - 1):
+            s.Add(self.used[n] >= self.used[n + 1])
+        self.gpus = sum(self.used)
+        self.rate = self._rate_expr(low)
+
+    def _role_cap(self, role: str, n: int | None):
+        """Capacity of ``role`` instances (node ``n`` only, or all), linear expression."""
+        p, nodes = self.prob, ([n] if n is not None else range(self.prob.num_nodes))
+        expr = sum(p.cap(c) * self.x[i, k] for i, c in enumerate(self.local) if c.role == role
+                   for k in nodes)
+        if n is None:
+            expr += sum(p.cap(c) * self.m[k] for k, c in enumerate(self.span) if c.role == role)
+        return expr
+
+    def _rate_expr(self, low: bool):
+        s, p = self.solver, self.prob
+        bound = sum(p.cap(c) * (p.num_nodes * p.gpus_per_node // c.num_gpus)
+                    for c in p.usable()) + 1
+        colo = self._role_cap("unified", None)
+        if not low:
+            flow = s.IntVar(0, bound, "F")
+            s.Add(flow <= self._role_cap("prefill", None))
+            s.Add(flow <= self._role_cap("decode", None))
+            return colo + flow
+        flows = []
+        for n in range(p.num_nodes):
+            f = s.IntVar(0, bound, f"f{n}")
+            s.Add(f <= self._role_cap("prefill", n))
+            s.Add(f <= self._role_cap("decode", n))
+            flows.append(f)
+        off = len(self.span)
+        pairs = sum(min(p.cap(a), p.cap(b)) * self.m[off + k] for k, (a, b) in
+                    enumerate(self.pair))
+        return colo + sum(flows) + pairs
+
+    def solve(self, objective, maximize: bool, time_limit_s: float):
+        """Solve with ``objective``; returns (status name, objective, bound, seconds)."""
+        s = self.solver
+        s.Objective().Clear()
+        if maximize:
+            s.Maximize(objective)
+        else:
+            s.Minimize(objective)
+        if time_limit_s > 0:
+            s.SetTimeLimit(max(int(time_limit_s * 1000), 1))
+        t0 = time.perf_counter()
+        code = s.Solve()
+        wall = time.perf_counter() - t0
+        names = {pywraplp.Solver.OPTIMAL: "OPTIMAL", pywraplp.Solver.FEASIBLE: "FEASIBLE",
+                 pywraplp.Solver.INFEASIBLE: "INFEASIBLE"}
+        status = names.get(code, "NOT_SOLVED")
+        if status in ("OPTIMAL", "FEASIBLE"):
+            return status, s.Objective().Value(), s.Objective().BestBound(), wall
+        return status, 0.0, 0.0, wall
+
+    def value(self, expr) -> int:
+        """Integer value of a linear expression (or variable) in the last solution."""
+        if isinstance(expr, (int, float)):
+            return int(round(expr))
+        return int(round(expr.solution_value()))
+
+    def extract(self) -> list[tuple[Candidate, list[int]]]:
+        """Instances of the last solution, each with its stages' nodes."""
+        out = []
+        for (i, n), v in self.x.items():
+            out.extend((self.local[i], [n] * self.local[i].pp) for _ in range(self.value(v)))
+        for k, (_, pp) in enumerate(self.span_items):
+            count = self.value(self.m[k])
+            segs = [n for n in range(self.prob.num_nodes) for _ in range(self.value(self.s[k, n]))]
+            # segs sorted by node, each node <= count times: stride count gives distinct nodes
+            stages = [[segs[j * count + i] for j in range(pp)] for i in range(count)]
+            if k < len(self.span):
+                out.extend((self.span[k], st) for st in stages)
+            else:
+                p, d = self.pair[k - len(self.span)]
+                for st in stages:
+                    out.extend([(p, st), (d, st)])
+        return out
+
+
+def _gap(obj: float, bound: float) -> float:
+    return abs(bound - obj) / max(abs(obj), 1e-9)
+
+
+def solve(prob: Problem, solver: str = "CP_SAT", time_limit_s: float = 60.0,
+          num_workers: int = 2) -> Allocation:
+    """Solve ``prob``; never returns an infeasible plan silently (status says what happened).
+
+    Args:
+        prob: the problem.
+        solver: one of :data:`SOLVERS`.
+        time_limit_s: wall-clock limit per integer program, seconds (0 = none).
+        num_workers: CP-SAT search workers.
+
+    Returns:
+        The allocation with status, gap and wall time. INFEASIBLE has a message.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver {solver!r} is not one of {', '.join(SOLVERS)}")
+    if not prob.usable():
+        return Allocation("INFEASIBLE", message="no candidate configuration can be placed")
+    model = _Model(prob, solver, num_workers)
+    big = prob.num_nodes * prob.gpus_per_node + 1
+    if prob.objective == "max_goodput":
+        res = model.solve(big * model.rate - model.gpus, True, time_limit_s)
+        return _finish(model, [res])
+    if prob.objective == "min_gpus":
+        need = int(round(prob.rate_per_s * MILLI))
+        model.solver.Add(model.rate >= need)
+        rmax = sum(prob.cap(c) * (big // c.num_gpus) for c in prob.usable()) + 1
+        res = model.solve(rmax * model.gpus - model.rate, False, time_limit_s)
+        alloc = _finish(model, [res])
+        if alloc.status == "INFEASIBLE":
+            alloc.message = (f"rate {prob.rate_per_s:g} req/s exceeds what "
+                             f"{prob.num_nodes} x {prob.gpus_per_node} GPUs can serve under "
+                             "the SLOs")
+        return alloc
+    return _dinkelbach(prob, model, big, time_limit_s)
+
+
+def _dinkelbach(prob: Problem, model: _Model, big: int, time_limit_s: float) -> Allocation:
+    """Maximise R / G exactly: solve max q R - p G until no solution beats p / q."""
+    results = [model.solve(big * model.rate - model.gpus, True, time_limit_s)]
+    if results[-1][0] not in ("OPTIMAL", "FEASIBLE"):
+        return _finish(model, results)
+    ratio = Fraction(model.value(model.rate), max(model.value(model.gpus), 1))
+    if ratio == 0:
+        return Allocation("INFEASIBLE", message="no allocation meets the SLOs at any rate")
+    for _ in range(50):
+        p, q = ratio.numerator, ratio.denominator
+        res = model.solve(q * model.rate - p * model.gpus, True, time_limit_s)
+        results.append(res)
+        gpus = model.value(model.gpus)
+        if res[0] not in ("OPTIMAL", "FEASIBLE") or gpus == 0:
+            break
+        new = Fraction(model.value(model.rate), gpus)
+        if new <= ratio:
+            break
+        ratio = new
+    p, q = ratio.numerator, ratio.denominator
+    keep = model.solver.Add(q * model.rate - p * model.gpus >= 0)
+    some = model.solver.Add(model.rate >= 1)
+    if prob.fill_cluster:
+        results.append(model.solve(big * model.rate - model.gpus, True, time_limit_s))
+    else:
+        results.append(model.solve(model.gpus, False, time_limit_s))
+    alloc = _finish(model, results)
+    for con in (keep, some):
+        con.SetBounds(-model.solver.infinity(), model.solver.infinity())
+    return alloc
+
+
+def _finish(model: _Model, results: list) -> Allocation:
+    status, obj, bound, _ = results[-1]
+    wall = sum(r[3] for r in results)
+    worst = "FEASIBLE" if any(r[0] == "FEASIBLE" for r in results) else status
+    if status not in ("OPTIMAL", "FEASIBLE"):
+        return Allocation(status, solve_s=wall, num_solves=len(results),
+                          message="the integer program has no feasible allocation")
+    rate = model.value(model.rate)
+    return Allocation(
+        status=worst if status == "OPTIMAL" else status,
+        goodput_per_s=rate / MILLI,
+        num_gpus=model.value(model.gpus),
+        instances=model.extract(),
+        gap_frac=_gap(obj, bound),
+        solve_s=wall,
+        num_solves=len(results),
+    )
