@@ -67,9 +67,9 @@ class TrainConfig:
 
     total_timesteps: int = 200_000
     """Environment steps (routed requests) to train for, summed over environments."""
-    n_envs: int = 2
+    n_envs: int = 4
     """Parallel environments."""
-    vec_env: str = "subproc"
+    vec_env: str = "dummy"
     """subproc (one process per environment) or dummy (all in this process)."""
     seed: int = 0
     """Seeds the policy's initialisation and every training episode."""
