@@ -177,7 +177,7 @@ class Simulator:
             insts[0].kv.block_size,
             self._role_index,
             num_waiting=lambda: [len(i.waiting) for i in insts],
-            num_running=lambda: [len(i.running) for i in insts],
+            num_running=lambda: [i.num_running for i in insts],
             queued_prefill_tokens=lambda: [i.queued_prefill_tokens for i in insts],
             kv_used_blocks=lambda: [self._kv_used(k) for k in range(n)],
             kv_total_blocks=self._kv_total,
@@ -321,7 +321,7 @@ class Simulator:
         if inst.ready_kv:
             for r in inst.ready_kv:
                 r.status = RequestStatus.RUNNING
-                inst.running.append(r)
+                inst.add_running(r)
             inst.num_transfers_in -= len(inst.ready_kv)
             inst.ready_kv.clear()
         self._try_pull(inst)
@@ -400,7 +400,7 @@ class Simulator:
         kv = f.kv
         while pending:
             r = pending[0]
-            if len(f.running) + f.num_transfers_in >= f.cfg.max_num_seqs:
+            if f.num_running + f.num_transfers_in >= f.cfg.max_num_seqs:
                 return
             need = kv.blocks_for(r.num_computed_tokens)
             if need > kv.num_free:
@@ -429,7 +429,7 @@ class Simulator:
         waits for it, and holds KV waiting for another Follow, the oldest such request stays
         here as a colocated request (``handover_cancelled``) so blocks free up again.
         """
-        if (inst.running or inst.ready_kv or inst.num_transfers_in or not inst.pending_kv
+        if (inst.num_running or inst.ready_kv or inst.num_transfers_in or not inst.pending_kv
                 or not inst.awaiting_out):
             return False
         r = inst.awaiting_out.pop(0)
@@ -441,7 +441,7 @@ class Simulator:
         r.handover_cancelled = True
         r.lead_done_s = -1.0
         r.status = RequestStatus.RUNNING
-        inst.running.append(r)
+        inst.add_running(r)
         logger.debug("request %d: hand-over cancelled on instance %d", r.rid, inst.index)
         self._try_pull(follow)  # its queue head changed
         return True

@@ -12,10 +12,23 @@ scheduler never calls the performance model itself.
 Decode-only stretches are also planned in closed form (:meth:`Instance.plan_decode_run`):
 when every running request decodes and nothing can be admitted, the batch stays the same
 until its first member stops, so ``k`` iterations can be applied at once.
+
+The running batch is kept in two parts, in vLLM's order: an aggregated *decode batch* of
+requests that decode one token per iteration, then a short *tail* list of the others
+(prefilling, recomputing, or decoding behind a prefilling request). The decode batch is never
+scanned per iteration. It keeps a step counter (iterations it has run), each member's offset
+``num_computed_tokens - step`` at join (so its counters are ``offset + step`` now, written back
+to the request only when it leaves: lazy counters), members grouped by KV-block phase
+(``offset mod block_size``: the group ``(-step) mod block_size`` needs one new block this
+iteration), the sum of offsets (attended context in O(1)) and a heap of stop steps (the step
+at which each member samples its ``stop_tokens``-th output). Joining, leaving, scheduling the
+batch for one iteration and planning or finishing a k-iteration run cost O(log B) or O(block
+size), not O(B), and the results are exactly those of scanning the batch request by request.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -41,6 +54,13 @@ class IterationPlan:
     decode_ctx_tokens: int = 0
     num_preempted: int = 0
     """Requests preempted while building this plan."""
+    batch_seqs: int = 0
+    """Members of the instance's aggregated decode batch scheduled for one token each; they
+    come before ``reqs`` in schedule order and are not listed there (their counts are in
+    ``num_decode_seqs`` and ``decode_ctx_tokens``)."""
+    batch_reqs: list[Request] | None = None
+    """The decode-batch members, listed only when the instance's ``record_batch_members`` is
+    set (tests; building the list is O(batch))."""
 
     def shape_args(self) -> tuple[int, int, int, int, int, int, int]:
         """The seven batch sums in :meth:`LatencyBackend.iteration_time_s` order."""
@@ -51,6 +71,9 @@ class IterationPlan:
 
 class Instance:
     """Queues, running batch and KV blocks of one vLLM engine."""
+
+    record_batch_members = False
+    """List decode-batch members in each plan (``IterationPlan.batch_reqs``; tests only)."""
 
     def __init__(self, index: int, cfg: InstanceConfig, num_blocks: int,
                  hash_block_tokens: int = 16) -> None:
@@ -67,7 +90,6 @@ class Instance:
         self.kv = KVCache(num_blocks, cfg.block_size, max(hash_block_tokens, cfg.block_size),
                           cfg.enable_prefix_caching)
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
         self.pending_kv: deque[Request] = deque()
         """Requests whose KV must be pulled into this instance (it is their Follow)."""
         self.ready_kv: list[Request] = []
@@ -80,6 +102,29 @@ class Instance:
         """Prompt (or recompute) tokens not yet computed, over waiting and running requests."""
         self.busy = False
         self.hash_block_tokens = hash_block_tokens
+        # running batch = decode batch (aggregated, first) + tail (explicit, after it)
+        self._tail: list[Request] = []
+        """Running requests after the decode batch, in schedule order (prefilling ones and
+        whatever follows them)."""
+        self._batch: dict[int, tuple[Request, int]] = {}
+        """Decode batch: join number -> (request, offset); offset = num_computed_tokens at
+        join - step at join, tokens. Insertion order is schedule order."""
+        self._phase: list[dict[int, Request]] = [{} for _ in range(cfg.block_size)]
+        """Decode-batch members by ``offset mod block_size`` (join number -> request)."""
+        self._stops: list[tuple[int, int, Request]] = []
+        """Heap of ``(stop step, join number, request)``; entries of members that left early
+        (preempted) are stale and skipped."""
+        self._register_pending: dict[int, Request] = {}
+        """Decode-batch members with prompt hashes still to offer the prefix cache."""
+        self._sum_offset = 0
+        """Sum of the decode batch's offsets, tokens."""
+        self._step = 0
+        """Iterations the decode batch has run (its clock)."""
+        self._joins = 0
+        """Join numbers handed out so far."""
+        self._run_seqs = 0
+        self._run_crossing: list[int] = []
+        self.run_ctx_tokens = 0
 
     # ---- queue ---------------------------------------------------------------------------
     def enqueue(self, r: Request) -> None:
@@ -94,23 +139,160 @@ class Instance:
         """KV capacity, tokens."""
         return self.kv.num_blocks * self.kv.block_size
 
+    # ---- running batch ---------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        """Requests in the running batch."""
+        return len(self._batch) + len(self._tail)
+
+    @property
+    def running(self) -> list[Request]:
+        """The running batch in schedule order (a new list; counters brought up to date).
+
+        O(batch): for tests, invariant checks and inspection, not the hot path.
+        """
+        out = []
+        for r, off in self._batch.values():
+            self._write_counters(r, off)
+            out.append(r)
+        return out + self._tail
+
+    def add_running(self, r: Request) -> None:
+        """Append ``r`` (status RUNNING already) to the end of the running batch."""
+        if not self._tail and self._is_decoding(r):
+            self._join(r)
+        else:
+            self._tail.append(r)
+
+    @staticmethod
+    def _is_decoding(r: Request) -> bool:
+        """Whether ``r``'s next iteration is a plain decode step (one token, KV complete)."""
+        out = r.num_output_tokens
+        return out > 0 and r.num_computed_tokens == r.num_prompt_tokens + out - 1
+
+    def _join(self, r: Request) -> None:
+        """Add a decoding request (counters up to date) at the end of the decode batch."""
+        seq = self._joins
+        self._joins = seq + 1
+        off = r.num_computed_tokens - self._step
+        self._batch[seq] = (r, off)
+        self._phase[off % self.kv.block_size][seq] = r
+        self._sum_offset += off
+        heapq.heappush(self._stops, (r.stop_tokens + r.num_prompt_tokens - 1 - off, seq, r))
+        if r.hashes is not None and self.kv.enable_prefix_caching and self._can_register(r):
+            self._register_pending[seq] = r
+
+    def _leave(self, seq: int) -> Request:
+        """Remove decode-batch member ``seq`` and write its counters back."""
+        r, off = self._batch.pop(seq)
+        del self._phase[off % self.kv.block_size][seq]
+        self._sum_offset -= off
+        self._register_pending.pop(seq, None)
+        self._write_counters(r, off)
+        if not self._batch:
+            self._stops.clear()
+        return r
+
+    def _write_counters(self, r: Request, off: int) -> None:
+        """Bring a decode-batch member's counters to the batch's current step."""
+        c = off + self._step
+        r.num_computed_tokens = c
+        r.num_output_tokens = c - r.num_prompt_tokens + 1
+        r.num_blocks = -(-c // self.kv.block_size)
+
+    def _unbatch(self) -> None:
+        """Move every decode-batch member to the front of the tail (explicit scheduling)."""
+        members = [self._leave(seq) for seq in list(self._batch)]
+        self._tail[:0] = members
+
+    def _promote(self) -> None:
+        """Move decoding requests at the head of the tail into the decode batch."""
+        tail = self._tail
+        i = 0
+        while i < len(tail) and self._is_decoding(tail[i]):
+            self._join(tail[i])
+            i += 1
+        if i:
+            del tail[:i]
+
+    def _pop_stopped(self) -> list[Request]:
+        """Remove decode-batch members that reached their stop step; schedule order."""
+        stops, batch, step = self._stops, self._batch, self._step
+        out = []
+        while stops and stops[0][0] <= step:
+            _, seq, _r = heapq.heappop(stops)
+            if seq in batch:
+                out.append(seq)
+        if len(out) > 1:
+            out.sort()
+        return [self._leave(seq) for seq in out]
+
     # ---- one iteration --------------------------------------------------------------------
     def schedule(self) -> IterationPlan | None:
         """Build the next iteration (vLLM V1 order); None when there is nothing to run."""
-        if not self.running and not self.waiting:
+        if not self._batch and not self._tail and not self.waiting:
             return None
         plan = IterationPlan()
         budget = self.cfg.max_num_batched_tokens
+        if self._batch:
+            if len(self._batch) > budget:
+                self._unbatch()  # the budget cuts the batch: schedule member by member
+            else:
+                budget = self._schedule_batch(plan, budget)
         budget = self._schedule_running(plan, budget)
         if not plan.num_preempted:
             self._schedule_waiting(plan, budget)
-        return plan if plan.reqs else None
+        return plan if plan.reqs or plan.batch_seqs else None
+
+    def _schedule_batch(self, plan: IterationPlan, budget: int) -> int:
+        """Schedule one token for every decode-batch member (they come first in vLLM's order).
+
+        The members whose next token starts a block (phase group ``(-step) mod block_size``)
+        allocate one block each, in order; allocating them together evicts the same cache
+        entries. When blocks run short, requests are preempted from the end of the running
+        batch, exactly as member-by-member scheduling would.
+        """
+        kv = self.kv
+        group = self._phase[-self._step % kv.block_size]
+        need = len(group)
+        if need:
+            if need <= kv.num_blocks - kv.num_used:
+                kv.allocate(need)
+            else:
+                self._schedule_batch_short(plan, group)
+        batch = self._batch
+        b = len(batch)
+        if b:
+            plan.batch_seqs = b
+            plan.num_decode_seqs += b
+            plan.decode_ctx_tokens += self._sum_offset + b * (self._step + 1)
+            if self.record_batch_members:
+                plan.batch_reqs = [r for r, _ in batch.values()]
+        return budget - b
+
+    def _schedule_batch_short(self, plan: IterationPlan, group: dict[int, Request]) -> None:
+        """Blocks for ``group`` one member at a time, preempting from the end when short."""
+        kv = self.kv
+        batch, tail = self._batch, self._tail
+        for seq in list(group):
+            if seq not in batch:
+                return  # preempted as a victim: so was everything after it
+            while kv.num_blocks - kv.num_used < 1:
+                plan.num_preempted += 1
+                if tail:
+                    self.preempt(tail.pop())
+                    continue
+                vseq = next(reversed(batch))
+                self.preempt(self._leave(vseq))
+                if vseq == seq:
+                    return  # it preempted itself: scheduling stops (vLLM does the same)
+            kv.allocate(1)
 
     def _schedule_running(self, plan: IterationPlan, budget: int) -> int:
         kv = self.kv
         bs = kv.block_size
         thr = self.cfg.long_prefill_token_threshold
-        running = self.running
+        running = self._tail
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
@@ -144,7 +326,7 @@ class Instance:
         cfg = self.cfg
         waiting = self.waiting
         while (waiting and budget > 0
-               and len(self.running) + self.num_transfers_in < cfg.max_num_seqs):
+               and self.num_running + self.num_transfers_in < cfg.max_num_seqs):
             r = waiting[0]
             keys, hit, pinned = self._prefix_hit(r)
             start = max(r.num_computed_tokens, hit)
@@ -169,11 +351,10 @@ class Instance:
             kv.allocate(need)
             r.num_blocks += need
             waiting.popleft()
-            self.running.append(r)
+            self._tail.append(r)
             r.status = RequestStatus.RUNNING
             self._add(plan, r, n)
             budget -= n
-
     def _prefix_hit(self, r: Request) -> tuple[tuple, int, int]:
         """Cached leading blocks of a not-yet-started request, without taking them.
 
@@ -266,13 +447,24 @@ class Instance:
         """Apply a finished iteration: advance counters, sample tokens.
 
         Returns:
-            Requests that sampled their last token on this instance (``stop_tokens``); they
-            are removed from the running batch but keep their blocks (the caller frees them
-            or hands them over).
+            Requests that sampled their last token on this instance (``stop_tokens``), in
+            schedule order; they are removed from the running batch but keep their blocks
+            (the caller frees them or hands them over).
         """
-        stopped = []
         kv = self.kv
         caching = kv.enable_prefix_caching
+        if plan.batch_seqs:
+            self._step += 1
+            if self._register_pending:
+                pending = self._register_pending
+                for seq, r in list(pending.items()):
+                    self._register(r)
+                    if not self._can_register(r):
+                        del pending[seq]
+            stopped = self._pop_stopped() if self._stops[0][0] <= self._step else []
+        else:
+            stopped = []
+        n_batch_stopped = len(stopped)
         queued = 0
         for r, n in zip(plan.reqs, plan.num_new, strict=True):
             out = r.num_output_tokens
@@ -291,14 +483,24 @@ class Instance:
                 if out + 1 >= r.stop_tokens:
                     stopped.append(r)
         self.queued_prefill_tokens -= queued
-        if stopped:
-            drop = set(map(id, stopped))
-            self.running = [r for r in self.running if id(r) not in drop]
+        if len(stopped) > n_batch_stopped:
+            drop = set(map(id, stopped[n_batch_stopped:]))
+            self._tail = [r for r in self._tail if id(r) not in drop]
+        if self._tail:
+            self._promote()
         return stopped
 
     def register_prefix(self, r: Request) -> None:
         """Offer ``r``'s computed full prompt blocks to the prefix cache (after a KV hand-in)."""
         self._register(r)
+
+    def _can_register(self, r: Request) -> bool:
+        """Whether :meth:`_register` could still add prefix-cache entries for ``r``."""
+        j = len(r.shared_hashes)
+        if j and r.shared_hashes[-1] < 0:
+            return False
+        covered = min(r.num_computed_tokens, r.num_prompt_tokens) // self.kv.hash_block_tokens
+        return j < covered and j < len(r.hashes)
 
     def _register(self, r: Request) -> None:
         kv = self.kv
@@ -321,45 +523,41 @@ class Instance:
     def plan_decode_run(self, limit: int) -> int:
         """Plan and reserve a decode-only run; returns its length k (0: schedule normally).
 
-        A run is possible when every running request decodes and nothing could join the batch
-        (empty queue, no free sequence slot, or the head of the queue cannot get its blocks).
-        k is bounded by ``limit``, by the first member to reach its stop token, and by free
-        blocks. One pass over the batch also records how many sequences cross a block boundary
-        at each token offset (sequence r with ``c`` cached tokens needs a new block after ``j``
-        more tokens ``floor((o + j) / bs)`` times, ``o = (c - 1) mod bs``), so block counts of
-        the run are O(1) afterwards (:meth:`run_new_blocks`).
+        A run is possible when every running request decodes (the tail is empty) and nothing
+        could join the batch (empty queue, no free sequence slot, or the head of the queue
+        cannot get its blocks). k is bounded by ``limit``, by the first member to reach its
+        stop token (top of the stop heap), and by empty blocks. The phase groups give how many
+        sequences cross a block boundary at each of the next ``block_size`` iterations, so
+        block counts of the run are O(1) afterwards (:meth:`run_new_blocks`).
         """
-        running = self.running
-        if not running or len(running) > self.cfg.max_num_batched_tokens:
+        batch = self._batch
+        if self._tail or not batch:
             return 0
-        if (self.waiting and len(running) + self.num_transfers_in < self.cfg.max_num_seqs
-                and self._head_admissible(self.cfg.max_num_batched_tokens - len(running))):
+        seqs = len(batch)
+        budget = self.cfg.max_num_batched_tokens
+        if seqs > budget:
+            return 0
+        if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
+                and self._head_admissible(budget - seqs)):
+            return 0
+        step = self._step
+        stops = self._stops
+        while stops[0][1] not in batch:
+            heapq.heappop(stops)
+        k = min(limit, stops[0][0] - step)
+        self.run_ctx_tokens = self._sum_offset + seqs * (step + 1)
+        if k < 2:
             return 0
         kv = self.kv
         bs = kv.block_size
-        hist = [0] * bs
-        k = limit
-        ctx = 0
-        for r in reversed(running):  # newest first: a prefilling member ends the scan early
-            c = r.num_computed_tokens
-            out = r.num_output_tokens
-            if not out or c != r.num_prompt_tokens + out - 1:
-                return 0
-            left = r.stop_tokens - out
-            if left < k:
-                k = left
-            hist[(c - 1) % bs] += 1
-            ctx += c
-        self.run_ctx_tokens = ctx + len(running)
-        if k < 2:
-            return 0
+        phase = self._phase
         crossing = [0] * bs
         acc = 0
         for t in range(1, bs):
-            acc += hist[bs - t]
+            acc += len(phase[-(step + t - 1) % bs])
             crossing[t] = acc
         self._run_crossing = crossing
-        self._run_seqs = seqs = len(running)
+        self._run_seqs = seqs
         # only empty blocks: evicting cached entries ahead of time would change which entries
         # survive, so a run stops where it would start evicting (one-by-one from there)
         free = kv.num_blocks - kv.num_used - kv.num_evictable
@@ -371,7 +569,6 @@ class Instance:
                 return 0
         kv.allocate(self.run_new_blocks(k))
         return k
-
     def _head_admissible(self, budget: int) -> bool:
         """Whether the head of the waiting queue could be admitted now (no side effects)."""
         if budget <= 0:
@@ -404,20 +601,10 @@ class Instance:
 
     def finish_decode_run(self, done: int) -> list[Request]:
         """Apply ``done`` reserved decode iterations; returns the requests that stopped."""
-        stopped = []
-        bs = self.kv.block_size
-        for r in self.running:
-            c = r.num_computed_tokens + done
-            r.num_computed_tokens = c
-            r.num_blocks = -(-c // bs)
-            out = r.num_output_tokens + done
-            r.num_output_tokens = out
-            if out >= r.stop_tokens:
-                stopped.append(r)
-        if stopped:
-            drop = set(map(id, stopped))
-            self.running = [r for r in self.running if id(r) not in drop]
-        return stopped
+        self._step += done
+        if self._stops and self._stops[0][0] <= self._step:
+            return self._pop_stopped()
+        return []
 
     def decode_batch(self) -> tuple[int, int]:
         """``(num_seqs, attended context tokens)`` of the run planned last."""

@@ -15,7 +15,9 @@ def make_instance(num_blocks: int = 64, hash_block_tokens: int = 16, index: int 
     """
     cfg.setdefault("max_num_batched_tokens", 128)
     cfg.setdefault("max_num_seqs", 8)
-    return Instance(index, InstanceConfig(**cfg), num_blocks, hash_block_tokens)
+    inst = Instance(index, InstanceConfig(**cfg), num_blocks, hash_block_tokens)
+    inst.record_batch_members = True  # plans list decode-batch members (plan_reqs)
+    return inst
 
 
 def make_request(rid: int = 0, prompt: int = 32, output: int = 4, hashes=None,
@@ -37,9 +39,20 @@ def step(inst: Instance) -> tuple[IterationPlan | None, list[Request]]:
     for r in stopped:
         inst.release_blocks(r)
     inst.kv.check()
+    _ = inst.running  # brings the decode batch's lazy counters up to date for assertions
     return plan, stopped
+
+
+def plan_reqs(plan: IterationPlan) -> list[Request]:
+    """Every request a plan schedules, in schedule order (decode-batch members first)."""
+    return list(plan.batch_reqs or []) + plan.reqs
+
+
+def plan_num_new(plan: IterationPlan) -> list[int]:
+    """Tokens scheduled per request, in :func:`plan_reqs` order."""
+    return [1] * plan.batch_seqs + plan.num_new
 
 
 def scheduled(plan: IterationPlan) -> dict[int, int]:
     """``rid -> tokens scheduled`` of a plan."""
-    return {r.rid: n for r, n in zip(plan.reqs, plan.num_new, strict=True)}
+    return {r.rid: n for r, n in zip(plan_reqs(plan), plan_num_new(plan), strict=True)}

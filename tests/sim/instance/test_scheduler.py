@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sim.instance import InstanceConfig, RequestStatus
-from tests.sim.instance.conftest import make_instance, make_request, scheduled, step
+from tests.sim.instance.conftest import (
+    make_instance,
+    make_request,
+    plan_num_new,
+    plan_reqs,
+    scheduled,
+    step,
+)
 
 
 def test_idle_instance_has_no_plan():
@@ -37,7 +44,7 @@ def test_token_budget_is_shared_fcfs():
         inst.enqueue(make_request(rid, prompt=60))
     plan, _ = step(inst)
     assert scheduled(plan) == {0: 60, 1: 40}
-    assert sum(plan.num_new) == 100 and len(inst.waiting) == 1
+    assert sum(plan_num_new(plan)) == 100 and len(inst.waiting) == 1
 
 
 def test_running_requests_are_scheduled_before_waiting_ones():
@@ -48,7 +55,7 @@ def test_running_requests_are_scheduled_before_waiting_ones():
     late = make_request(1, prompt=200)
     inst.enqueue(late)
     plan, _ = step(inst)
-    assert [r.rid for r in plan.reqs] == [0, 1]
+    assert [r.rid for r in plan_reqs(plan)] == [0, 1]
     assert scheduled(plan) == {0: 1, 1: 63}  # the decode first, the rest of the budget after
     assert plan.num_decode_seqs == 1 and plan.decode_ctx_tokens == 33
     assert plan.num_prefill_seqs == 1 and plan.num_prefill_tokens == 63
@@ -61,13 +68,14 @@ def test_chunked_prefill_splits_a_long_prompt_exactly():
     chunks, outputs, ctx = [], [], []
     for _ in range(3):
         plan, _ = step(inst)
-        chunks.append(plan.num_new[0])
+        chunks.append(plan_num_new(plan)[0])
         ctx.append(plan.prefill_ctx_tokens)
         outputs.append(r.num_output_tokens)
     assert chunks == [100, 100, 50]
     assert ctx == [0, 100, 200]
     assert outputs == [0, 0, 1]  # first token on the iteration that completes the prompt
     plan, _ = step(inst)
+    assert inst.running == [r]  # reading the batch brings its lazy counters up to date
     assert plan.num_decode_seqs == 1 and plan.num_prefill_seqs == 0 and r.num_output_tokens == 2
 
 
@@ -111,9 +119,9 @@ def test_max_num_seqs_caps_the_batch():
     for rid in range(5):
         inst.enqueue(make_request(rid, prompt=10, output=5))
     plan, _ = step(inst)
-    assert len(plan.reqs) == 2 and len(inst.running) == 2 and len(inst.waiting) == 3
+    assert len(plan_reqs(plan)) == 2 and len(inst.running) == 2 and len(inst.waiting) == 3
     plan, _ = step(inst)
-    assert [r.rid for r in plan.reqs] == [0, 1]
+    assert [r.rid for r in plan_reqs(plan)] == [0, 1]
 
 
 def test_stop_tokens_end_the_request_on_this_instance():
@@ -193,7 +201,7 @@ def test_preempting_itself_stops_the_step():
     inst.enqueue(r)
     step(inst)
     plan = inst.schedule()
-    assert plan is None or r not in plan.reqs
+    assert plan is None or r not in plan_reqs(plan)
     assert r.status == RequestStatus.WAITING and r.num_preemptions == 1
     assert inst.kv.num_used == 0
 
