@@ -202,8 +202,10 @@ def summary_table(runs: pd.DataFrame, goodput: pd.DataFrame, learned: str | None
             if best is not None:
                 common = gp.index.intersection(best_by_seed.index)
                 base = best_by_seed[common].to_numpy()
-                gain = (gp[common].to_numpy() - base) / np.maximum(base, 1e-12)
-                gm, glo, ghi = mean_ci(gain)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    gain = np.where(base > 0, (gp[common].to_numpy() - base) / base, np.nan)
+                gain = gain[np.isfinite(gain)]  # undefined where the best heuristic has 0
+                gm, glo, ghi = mean_ci(gain) if gain.size else (np.nan,) * 3
                 row.update(best_heuristic=best, gain_vs_best=gm, gain_ci_lo=glo, gain_ci_hi=ghi)
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["workload", "goodput_per_gpu"],

@@ -34,7 +34,7 @@ from policies.heuristics import make_heuristic
 from policies.sb3_train import PolicyConfig, TrainConfig
 from sim.catalog import GpuSpec, ModelSpec
 from sim.engine import ClusterConfig, SimConfig
-from sim.features import FeatureConfig
+from sim.features import MODES, FeatureConfig
 from sim.metrics import SLO
 from sim.workload import WorkloadConfig
 
@@ -53,6 +53,10 @@ class EnvOptions:
     """Reward per outcome."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
     """Observation scales and split bins."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"env.mode {self.mode!r} is not one of {', '.join(MODES)}")
 
 
 @dataclass
