@@ -41,6 +41,8 @@ def cum_time_s(line: DecodeLine, k: int) -> float:
     if k <= 0:
         return 0.0
     a, s, f, c = line
+    if a >= f:  # the floor never binds (same arithmetic as the general case with jf = 0)
+        return k * (a + c) + s * (k * (k - 1)) * 0.5
     jf = _floor_iters(line)
     if k <= jf:
         return k * (f + c)
@@ -54,6 +56,21 @@ def iters_within(line: DecodeLine, dt_s: float) -> int:
     if dt_s <= 0.0:
         return 0
     a, s, f, c = line
+    if a >= f:  # no floor segment: invert the quadratic, then fix rounding inline
+        ac = a + c
+        if s <= 0.0:
+            k = int(dt_s // ac) if ac > 0 else 1 << 62
+        else:
+            half = 0.5 * s
+            p = ac - half
+            k = int((-p + math.sqrt(p * p + 4.0 * half * dt_s)) / (2.0 * half))
+        if k < 0:
+            k = 0
+        while k > 0 and k * ac + s * (k * (k - 1)) * 0.5 > dt_s:
+            k -= 1
+        while (k + 1) * ac + s * ((k + 1) * k) * 0.5 <= dt_s:
+            k += 1
+        return k
     jf = _floor_iters(line)
     step_f = f + c
     if jf > 0:

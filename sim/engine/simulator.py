@@ -49,6 +49,10 @@ class EventKind(IntEnum):
     TRANSFER_END = 1
 
 
+ITERATION_END = int(EventKind.ITERATION_END)
+TRANSFER_END = int(EventKind.TRANSFER_END)
+
+
 class _Op:
     """What an instance is executing: one planned iteration, or a decode run of k iterations."""
 
@@ -102,6 +106,16 @@ class Simulator:
         self._link_list: list[Link] = []
         self._heap: list[tuple] = []
         self._seq = itertools.count()
+        self._check = sim.check_invariants
+        self._ff = sim.fast_forward
+        self._view_fields = {
+            "num_waiting": self._num_waiting,
+            "num_running": self._num_running,
+            "queued_prefill_tokens": self._queued_prefill,
+            "kv_used_blocks": self._kv_used_all,
+            "num_transfers_in": self._num_transfers_in,
+            "num_transfers_out": self._num_transfers_out,
+        }
         self._dirty: set[int] = set()
         self.now_s = 0.0
         self._cursor = 0
@@ -125,6 +139,7 @@ class Simulator:
         self._arrivals = workload.arrival_s.tolist()
         self._prompts = workload.prompt_tokens.tolist()
         self._outputs = workload.output_tokens.tolist()
+        self._predicted = self.predicted_output.tolist()
         self.num_events = 0
         self.num_iterations = 0
         self.num_runs = 0
@@ -151,39 +166,59 @@ class Simulator:
         arrivals = self._arrivals
         n = len(arrivals)
         limit = self.cfg.time_limit_s or INF
+        dirty = self._dirty
+        ops = self._ops
+        heappop = heapq.heappop
         while True:
             t_heap = heap[0][0] if heap else INF
             t_arr = arrivals[self._cursor] if self._cursor < n else INF
             t_next = t_heap if t_heap <= t_arr else t_arr
-            if self._dirty and t_next > self.now_s:
+            if dirty and t_next > self.now_s:
                 self._schedule_dirty()
                 continue
             if t_next == INF or t_next > limit:
                 self._finish(limit)
                 return None
-            if t_heap <= t_arr:
-                self._pop_event()
+            if t_heap <= t_arr:  # the next event (same as _pop_event, inlined)
+                t, kind, _, a, b = heappop(heap)
+                self.now_s = t
+                self.num_events += 1
+                if kind == ITERATION_END:
+                    if b == ops[a].version:  # else a cut run re-pushed its end
+                        self._on_iteration_end(a, b)
+                else:
+                    self._on_transfer_end(a, b)
+                if self._check:
+                    self.check_invariants()
                 continue
             self.now_s = t_arr
             return self._admit_arrival()
 
     def view(self) -> ClusterView:
         """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``, lazy)."""
-        insts = self.instances
-        n = len(insts)
-        return ClusterView(
-            self.now_s,
-            self._roles,
-            insts[0].kv.block_size,
-            self._role_index,
-            num_waiting=lambda: [len(i.waiting) for i in insts],
-            num_running=lambda: [i.num_running for i in insts],
-            queued_prefill_tokens=lambda: [i.queued_prefill_tokens for i in insts],
-            kv_used_blocks=lambda: [self._kv_used(k) for k in range(n)],
-            kv_total_blocks=self._kv_total,
-            num_transfers_in=lambda: [i.num_transfers_in + len(i.pending_kv) for i in insts],
-            num_transfers_out=lambda: [i.num_transfers_out for i in insts],
-        )
+        return ClusterView(self.now_s, self._roles, self.instances[0].kv.block_size,
+                           self._role_index, kv_total_blocks=self._kv_total,
+                           **self._view_fields)
+
+    # lazy view fields (read now, when the router first asks for them)
+    def _num_waiting(self) -> list[int]:
+        return [len(i.waiting) for i in self.instances]
+
+    def _num_running(self) -> list[int]:
+        return [i.num_running for i in self.instances]
+
+    def _queued_prefill(self) -> list[int]:
+        return [i.queued_prefill_tokens for i in self.instances]
+
+    def _kv_used_all(self) -> list[int]:
+        kv_used = self._kv_used
+        return [kv_used(k) for k in range(len(self.instances))]
+
+    def _num_transfers_in(self) -> list[int]:
+        return [i.num_transfers_in + len(i.pending_kv) for i in self.instances]
+
+    def _num_transfers_out(self) -> list[int]:
+        return [i.num_transfers_out for i in self.instances]
 
     def _kv_used(self, idx: int) -> int:
         """KV blocks in use now; a decode run counts only the iterations begun so far."""
@@ -246,7 +281,7 @@ class Simulator:
         self.requests[i] = r
         self._pending = r
         self._roles  # noqa: B018  (builds the role/KV caches once)
-        return RequestInfo(i, r.arrival_s, r.num_prompt_tokens, int(self.predicted_output[i]))
+        return RequestInfo(i, r.arrival_s, r.num_prompt_tokens, self._predicted[i])
 
     def _check_decision(self, r: Request, d: Decision) -> Reason:
         n = len(self.instances)
@@ -282,11 +317,11 @@ class Simulator:
         t, kind, _, a, b = heapq.heappop(self._heap)
         self.now_s = t
         self.num_events += 1
-        if kind == EventKind.ITERATION_END:
+        if kind == ITERATION_END:
             self._on_iteration_end(a, b)
         else:
             self._on_transfer_end(a, b)
-        if self.cfg.check_invariants:
+        if self._check:
             self.check_invariants()
 
     def _touch(self, idx: int) -> None:
@@ -307,13 +342,15 @@ class Simulator:
             op.k_done = done
             op.end_s = op.start_s + cum_time_s(op.line, done)
             op.version += 1
-            self._push(op.end_s, EventKind.ITERATION_END, idx, op.version)
+            self._push(op.end_s, ITERATION_END, idx, op.version)
 
     def _schedule_dirty(self) -> None:
-        dirty = sorted(self._dirty)
-        self._dirty.clear()
-        for idx in dirty:
-            if not self.instances[idx].busy:
+        dirty = self._dirty
+        order = sorted(dirty) if len(dirty) > 1 else list(dirty)
+        dirty.clear()
+        insts = self.instances
+        for idx in order:
+            if not insts[idx].busy:
                 self._start(idx)
 
     def _start(self, idx: int) -> None:
@@ -324,11 +361,12 @@ class Simulator:
                 inst.add_running(r)
             inst.num_transfers_in -= len(inst.ready_kv)
             inst.ready_kv.clear()
-        self._try_pull(inst)
+        if inst.pending_kv:
+            self._try_pull(inst)
         op = self._ops[idx]
         backend = self.backends[idx]
         now = self.now_s
-        if self.cfg.fast_forward:
+        if self._ff:
             k = inst.plan_decode_run(RUN_LIMIT)
             if k:
                 b, ctx = inst.decode_batch()
@@ -336,7 +374,10 @@ class Simulator:
                 op.plan, op.line, op.k_planned, op.k_done = None, line, k, k
                 op.start_s, op.end_s = now, now + cum_time_s(line, k)
                 op.step_s = line.a_s + line.const_s
-                self._launch(inst, op, idx)
+                inst.busy = True
+                op.version += 1
+                heapq.heappush(self._heap, (op.end_s, ITERATION_END, next(self._seq), idx,
+                                            op.version))
                 self.num_runs += 1
                 return
         plan = inst.schedule()
@@ -355,7 +396,7 @@ class Simulator:
     def _launch(self, inst: Instance, op: _Op, idx: int) -> None:
         inst.busy = True
         op.version += 1
-        self._push(op.end_s, EventKind.ITERATION_END, idx, op.version)
+        self._push(op.end_s, ITERATION_END, idx, op.version)
 
     def _on_iteration_end(self, idx: int, version: int) -> None:
         op = self._ops[idx]
@@ -459,7 +500,7 @@ class Simulator:
     def _push_link(self, link: Link) -> None:
         nd = link.next_done()
         if nd is not None:
-            self._push(nd[0], EventKind.TRANSFER_END, link.index, link.version)
+            self._push(nd[0], TRANSFER_END, link.index, link.version)
 
     def _on_transfer_end(self, link_idx: int, version: int) -> None:
         link = self._link_list[link_idx]
