@@ -226,7 +226,9 @@ class Simulator:
         op = self._ops[idx]
         if op.line is None or not inst.busy:
             return inst.kv.num_used
-        j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
+        j = iters_within(op.line, self.now_s - op.start_s) + 1
+        if j >= op.k_done:
+            return inst.kv.num_used
         return inst.kv.num_used - (inst.run_new_blocks(op.k_done) - inst.run_new_blocks(j))
 
     def route(self, decision: Decision) -> Request:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from itertools import accumulate
 from dataclasses import dataclass, field
 
 from sim.instance.config import InstanceConfig
@@ -111,6 +112,8 @@ class Instance:
         join - step at join, tokens. Insertion order is schedule order."""
         self._phase: list[dict[int, Request]] = [{} for _ in range(cfg.block_size)]
         """Decode-batch members by ``offset mod block_size`` (join number -> request)."""
+        self._hist = [0] * cfg.block_size
+        """Sizes of the phase groups (members by ``offset mod block_size``)."""
         self._stops: list[tuple[int, int, Request]] = []
         """Heap of ``(stop step, join number, request)``; entries of members that left early
         (preempted) are stale and skipped."""
@@ -176,7 +179,9 @@ class Instance:
         self._joins = seq + 1
         off = r.num_computed_tokens - self._step
         self._batch[seq] = (r, off)
-        self._phase[off % self.kv.block_size][seq] = r
+        ph = off % self.kv.block_size
+        self._phase[ph][seq] = r
+        self._hist[ph] += 1
         self._sum_offset += off
         heapq.heappush(self._stops, (r.stop_tokens + r.num_prompt_tokens - 1 - off, seq, r))
         if r.hashes is not None and self.kv.enable_prefix_caching and self._can_register(r):
@@ -185,7 +190,9 @@ class Instance:
     def _leave(self, seq: int) -> Request:
         """Remove decode-batch member ``seq`` and write its counters back."""
         r, off = self._batch.pop(seq)
-        del self._phase[off % self.kv.block_size][seq]
+        ph = off % self.kv.block_size
+        del self._phase[ph][seq]
+        self._hist[ph] -= 1
         self._sum_offset -= off
         self._register_pending.pop(seq, None)
         self._write_counters(r, off)
@@ -544,18 +551,19 @@ class Instance:
         stops = self._stops
         while stops[0][1] not in batch:
             heapq.heappop(stops)
-        k = min(limit, stops[0][0] - step)
+        k = stops[0][0] - step
+        if k > limit:
+            k = limit
         self.run_ctx_tokens = self._sum_offset + seqs * (step + 1)
         if k < 2:
             return 0
         kv = self.kv
         bs = kv.block_size
-        phase = self._phase
-        crossing = [0] * bs
-        acc = 0
-        for t in range(1, bs):
-            acc += len(phase[-(step + t - 1) % bs])
-            crossing[t] = acc
+        hist = self._hist
+        q = -step % bs
+        # group sizes needing a new block at run iterations 0, 1, ..., bs - 1
+        order = hist[q::-1] + hist[:q:-1]
+        crossing = [0, *accumulate(order[:-1])]
         self._run_crossing = crossing
         self._run_seqs = seqs
         # only empty blocks: evicting cached entries ahead of time would change which entries
