@@ -106,7 +106,7 @@ class Instance:
         # running batch = decode batch (aggregated, first) + tail (explicit, after it)
         self._tail: list[Request] = []
         """Running requests after the decode batch, in schedule order (prefilling ones and
-        whatever follows them)."""
+        whatever follows them). Mutated in place only (the simulator's view keeps it)."""
         self._batch: dict[int, tuple[Request, int]] = {}
         """Decode batch: join number -> (request, offset); offset = num_computed_tokens at
         join - step at join, tokens. Insertion order is schedule order."""
@@ -492,7 +492,7 @@ class Instance:
         self.queued_prefill_tokens -= queued
         if len(stopped) > n_batch_stopped:
             drop = set(map(id, stopped[n_batch_stopped:]))
-            self._tail = [r for r in self._tail if id(r) not in drop]
+            self._tail[:] = [r for r in self._tail if id(r) not in drop]  # in place
         if self._tail:
             self._promote()
         return stopped
