@@ -26,8 +26,18 @@ import numpy as np
 
 
 def self_key(rid: int, block_index: int) -> int:
-    """Cache key of block ``block_index`` of request ``rid``'s own tokens (always < 0)."""
+    """Cache key of block ``block_index`` of request ``rid``'s own tokens (always < 0).
+
+    For ``block_index < 2**24`` this is ``self_key(rid, 0) - block_index``: a request's own
+    keys count down from its base key, so runs of them are ``range`` objects.
+    """
     return -((rid << 24) | block_index) - 1
+
+
+def self_keys(rid: int, first: int, count: int) -> range:
+    """``self_key(rid, first + j)`` for ``j = 0 .. count - 1`` (block indices < 2**24)."""
+    base = -(rid << 24) - 1 - first
+    return range(base, base - count, -1)
 
 
 class KVCache:
@@ -131,6 +141,8 @@ class KVCache:
         """Blocks of these resident entries that nobody references (taking them uses free)."""
         refs = self._refs
         bph = self.blocks_per_hash
+        if bph == 1:
+            return list(map(refs.__getitem__, hashes)).count(0)
         return sum((bph if key >= 0 else 1) for key in hashes if refs[key] == 0)
 
     def acquire(self, hashes: tuple) -> None:
@@ -181,8 +193,7 @@ class KVCache:
             return 0
         refs, lru = self._refs, self._lru
         moved = 0
-        for j in range(last - 1, first - 1, -1):
-            key = self_key(rid, j)
+        for key in reversed(self_keys(rid, first, last - first)):  # blocks last-1 .. first
             if key in refs:
                 continue
             refs[key] = 0
@@ -198,7 +209,8 @@ class KVCache:
             return 0
         refs = self._refs
         n = 0
-        while n < limit and self_key(rid, first + n) in refs:
+        key = -(rid << 24) - 1 - first  # self_key(rid, first + n) == key - n
+        while n < limit and key - n in refs:
             n += 1
         return n
 

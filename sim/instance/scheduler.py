@@ -34,7 +34,7 @@ from itertools import accumulate
 from dataclasses import dataclass, field
 
 from sim.instance.config import InstanceConfig
-from sim.instance.kv import KVCache, self_key
+from sim.instance.kv import KVCache, self_keys
 from sim.instance.request import Request, RequestStatus
 
 
@@ -380,7 +380,7 @@ class Instance:
             limit = (r.num_tokens - 1) // kv.block_size - first  # recompute >= 1 token
             own = kv.match_own_blocks(r.rid, first, limit)
             if own:
-                keys += tuple(self_key(r.rid, first + j) for j in range(own))
+                keys += tuple(self_keys(r.rid, first, own))
                 first += own
         if not keys:
             return (), 0, 0
