@@ -12,6 +12,13 @@
 2. Scaling: 64 unified Llama-3.1-8B instances (8 nodes x 8 A100) behind join-shortest-queue
    at a load that keeps them busy, 10k / 100k / 1M requests (``--quick`` stops at 100k), with
    peak resident memory.
+3. With ``--tandem8``: the cost a Gymnasium environment pays per step, i.e. simulator time per
+   routed request on 8 unified Llama-3.1-8B A100 instances at Poisson 8 / 16 / 24 req/s
+   (ShareGPT-like lengths), driven with ``next_arrival() / view() / route()`` one request at a
+   time, for ``join_shortest_queue`` and the ``dynaserve`` tandem router (µs per request and
+   events/s; an environment at >= 10,000 steps/s needs well under 60 µs here).
+
+Times are wall clock and process CPU time (the CPU column is steadier on a busy machine).
 """
 
 from __future__ import annotations
@@ -44,15 +51,16 @@ def make_workload(n: int, rate: float, table: np.ndarray, seed: int) -> Workload
 
 
 def timed_run(model, gpu, cluster, workload, router_name: str) -> dict:
-    """Simulate and summarise once; returns timing and counts."""
-    t0 = time.perf_counter()
+    """Simulate and summarise once; returns timing (wall and CPU seconds) and counts."""
+    t0, c0 = time.perf_counter(), time.process_time()
     sim = Simulator(model, gpu, cluster, SimConfig(), workload, make_router(router_name))
     sim.run()
     t_sim = time.perf_counter() - t0
     df = records(sim.entered_requests())
     summary = summarize(df, SLO(), cluster.num_gpus_used())
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "sim_s": t_sim, "events": sim.num_events,
+    return {"wall_s": wall, "cpu_s": time.process_time() - c0, "sim_s": t_sim,
+            "events": sim.num_events,
             "iterations": sim.num_iterations, "completed": summary["num_completed"],
             "rejected": summary["num_rejected"], "attainment": summary["slo_attainment"]}
 
@@ -63,15 +71,15 @@ def distserve_reference(table: np.ndarray, repeats: int, num_requests: int = 10_
     cluster = ClusterConfig(instances=[InstanceConfig(role="prefill", tensor_parallel_size=2),
                                        InstanceConfig(role="decode")])
     print(f"DistServe reference: OPT-13B, prefill TP2 + decode TP1, {num_requests:,} requests")
-    print(f"{'rate':>6} {'wall s':>8} {'events/s':>10} {'req/s':>9} {'completed':>9} "
-          f"{'vs 27 s':>8}")  # 27 s: DistServe's simulator on 10k requests (quoted)
+    print(f"{'rate':>6} {'wall s':>8} {'cpu s':>7} {'events/s':>10} {'req/s':>9} "
+          f"{'completed':>9} {'vs 27 s':>8}")  # 27 s: DistServe's simulator, 10k requests
     for rate in (3.0, 4.5, 6.0):
         wl = make_workload(num_requests, rate, table, seed=0)
         best = min((timed_run(model, gpu, cluster, wl, "distserve") for _ in range(repeats)),
                    key=lambda r: r["wall_s"])
-        print(f"{rate:6.1f} {best['wall_s']:8.3f} {best['events'] / best['sim_s']:10.0f} "
-              f"{num_requests / best['wall_s']:9.0f} {best['completed']:9d} "
-              f"{27.0 / best['wall_s']:7.0f}x")
+        print(f"{rate:6.1f} {best['wall_s']:8.3f} {best['cpu_s']:7.3f} "
+              f"{best['events'] / best['sim_s']:10.0f} {num_requests / best['wall_s']:9.0f} "
+              f"{best['completed']:9d} {27.0 / best['wall_s']:7.0f}x")
 
 
 def scaling(table: np.ndarray, sizes: list[int]) -> None:
@@ -80,13 +88,41 @@ def scaling(table: np.ndarray, sizes: list[int]) -> None:
     cluster = ClusterConfig(num_nodes=8, gpus_per_node=8,
                             instances=[InstanceConfig(replicas=64)])
     print("\nScaling: 64 x Llama-3.1-8B (TP1, A100), join-shortest-queue, 64 req/s")
-    print(f"{'requests':>9} {'wall s':>8} {'us/request':>11} {'events/s':>10} {'peak RSS MB':>12}")
+    print(f"{'requests':>9} {'wall s':>8} {'us/request':>11} {'cpu us/req':>11} {'events/s':>10} "
+          f"{'peak RSS MB':>12}")
     for n in sizes:
         wl = make_workload(n, 64.0, table, seed=1)
         r = timed_run(model, gpu, cluster, wl, "join_shortest_queue")
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{n:9d} {r['wall_s']:8.2f} {r['wall_s'] / n * 1e6:11.1f} "
-              f"{r['events'] / r['sim_s']:10.0f} {rss_mb:12.0f}")
+              f"{r['cpu_s'] / n * 1e6:11.1f} {r['events'] / r['sim_s']:10.0f} {rss_mb:12.0f}")
+
+
+def tandem8(table: np.ndarray, num_requests: int, repeats: int) -> None:
+    """Part 3: per-request simulator cost of an 8-instance cluster driven one step at a time."""
+    model, gpu = get_model("Llama-3.1-8B"), get_gpu("A100-80GB-SXM")
+    cluster = ClusterConfig(instances=[InstanceConfig(replicas=8)])
+    print(f"\nEnvironment step cost: 8 x Llama-3.1-8B (TP1, A100), {num_requests:,} requests, "
+          "next_arrival/view/route per request")
+    print(f"{'rate':>5} {'router':>20} {'us/request':>11} {'cpu us/req':>11} {'events/s':>10} "
+          f"{'events/req':>10}")
+    for rate in (8.0, 16.0, 24.0):
+        wl = make_workload(num_requests, rate, table, seed=0)
+        for name in ("join_shortest_queue", "dynaserve"):
+            best = None
+            for _ in range(repeats):
+                router = make_router(name)
+                t0, c0 = time.perf_counter(), time.process_time()
+                sim = Simulator(model, gpu, cluster, SimConfig(), wl)
+                while (info := sim.next_arrival()) is not None:
+                    sim.route(router(sim.view(), info))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if best is None or wall < best[0]:
+                    best = (wall, cpu, sim.num_events)
+            wall, cpu, events = best
+            print(f"{rate:5.0f} {name:>20} {wall / num_requests * 1e6:11.1f} "
+                  f"{cpu / num_requests * 1e6:11.1f} {events / wall:10.0f} "
+                  f"{events / num_requests:10.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,11 +136,18 @@ def main(argv: list[str] | None = None) -> None:
                     help="requests in the DistServe reference experiment")
     ap.add_argument("--sizes", type=int, nargs="*", default=None,
                     help="request counts for the scaling part (default 10k 100k [1M])")
+    ap.add_argument("--tandem8", action="store_true",
+                    help="also time 8-instance clusters stepped one request at a time "
+                         "(join_shortest_queue and dynaserve routers)")
+    ap.add_argument("--tandem8-requests", type=int, default=20_000,
+                    help="requests per --tandem8 run")
     args = ap.parse_args(argv)
     table = load_length_table(args.sharegpt)
     distserve_reference(table, args.repeats, args.requests)
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     scaling(table, sizes)
+    if args.tandem8:
+        tandem8(table, args.tandem8_requests, args.repeats)
 
 
 if __name__ == "__main__":

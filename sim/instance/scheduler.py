@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from itertools import accumulate
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from sim.instance.config import InstanceConfig
 from sim.instance.kv import KVCache, self_keys
