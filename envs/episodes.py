@@ -26,9 +26,9 @@ class EpisodeConfig:
 
     requests_per_episode: int = 512
     """Arrivals per episode (one environment step each)."""
-    rate_scale_min: float = 0.5
+    rate_scale_min: float = 0.6
     """Lowest multiplier of the workload's arrival rate."""
-    rate_scale_max: float = 2.0
+    rate_scale_max: float = 1.6
     """Highest multiplier (drawn log-uniformly between the two)."""
 
     def __post_init__(self) -> None:

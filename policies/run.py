@@ -126,12 +126,20 @@ def run(cfg: TrainAppConfig, out_dir: str | Path) -> dict:
         summary["train_wall_s"] = time.perf_counter() - t0
         summary["timesteps"] = model.trained_steps
         summary["best_checkpoint_steps"] = int(model.num_timesteps)
+        summary["warm_start"] = model.warm_start
         onnx_path = export(model, env_cfg, out, extra={"policy": cfg.policy.name})
         summary["parity_onnx_vs_sb3"] = check_parity(model, onnx_path, env_cfg)
         logger.info("trained %d steps in %.0f s; exported %s (ONNX == SB3 on %.1f%% of 1000 "
                     "observations)", summary["timesteps"], summary["train_wall_s"], onnx_path,
                     100 * summary["parity_onnx_vs_sb3"])
         learned_name = cfg.policy.name
+        if model.warm_start:
+            notes.append(f"Warm start: `{cfg.policy.name}` was initialised by behaviour cloning "
+                         f"of `{cfg.train.warm_start}` on {model.warm_start['samples']} of its "
+                         "decisions (it reproduced "
+                         f"{model.warm_start['accuracy']:.0%} of them exactly; ties between "
+                         "equally loaded instances make the rest ambiguous), then trained by "
+                         "PPO.")
         policies = {learned_name: _onnx_policy_factory(onnx_path), **policies}
         notes.append(f"`{learned_name}`: {cfg.policy.algo} trained for {summary['timesteps']} "
                      f"steps ({summary['train_wall_s']:.0f} s; the checkpoint evaluated here is "

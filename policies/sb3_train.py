@@ -81,6 +81,10 @@ class TrainConfig:
     """Save a checkpoint every this many steps; 0 = never."""
     resume_from: str = ""
     """A checkpoint .zip, or a previous run directory (its newest checkpoint), to continue."""
+    warm_start: str = ""
+    """Heuristic to behaviour-clone before PPO (``policies.imitation``); empty = none."""
+    warm_start_steps: int = 20_000
+    """Decisions of the heuristic collected for the warm start."""
     torch_threads: int = 1
     """Torch intra-op threads per process (the environments use the other cores)."""
     progress_bar: bool = True
@@ -95,6 +99,12 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"train.{name} = {v!r} must be an integer >= 0")
+        if self.warm_start:
+            from policies.heuristics import HEURISTICS
+
+            if self.warm_start not in HEURISTICS:
+                raise ValueError(f"train.warm_start {self.warm_start!r} is not a heuristic; "
+                                 f"choose one of {', '.join(HEURISTICS)} or leave it empty")
         if self.vec_env not in ("subproc", "dummy"):
             raise ValueError(f"train.vec_env {self.vec_env!r} must be subproc or dummy")
 
@@ -156,7 +166,8 @@ def train_policy(env_cfg: EnvConfig, policy: PolicyConfig, cfg: TrainConfig, out
 
     Returns:
         The model of the best periodic evaluation if any (else the final one), with an extra
-        attribute ``trained_steps`` (steps trained in total).
+        attributes ``trained_steps`` (steps trained in total) and ``warm_start`` (the
+        behaviour-cloning statistics, or None).
     """
     import torch
     from stable_baselines3.common.callbacks import CheckpointCallback
@@ -174,6 +185,11 @@ def train_policy(env_cfg: EnvConfig, policy: PolicyConfig, cfg: TrainConfig, out
         model = algo("MlpPolicy", vec, seed=cfg.seed, device="cpu", verbose=0,
                      tensorboard_log=str(out / "tb"), **policy.kwargs)
         reset_steps = True
+        if cfg.warm_start:
+            from policies.imitation import clone
+
+            model.warm_start = clone(model, env_cfg, cfg.warm_start, cfg.warm_start_steps,
+                                     seed=cfg.seed + 20_000)
     callbacks = []
     if cfg.checkpoint_every_steps:
         callbacks.append(CheckpointCallback(
@@ -196,12 +212,14 @@ def train_policy(env_cfg: EnvConfig, policy: PolicyConfig, cfg: TrainConfig, out
     model.save(out / "final_model.zip")
     vec.close()
     trained_steps = int(model.num_timesteps)
+    warm = getattr(model, "warm_start", None)
     best = out / "best" / "best_model.zip"
     if best.is_file():
         model = algo.load(best, device="cpu")
         logger.info("using the best evaluated checkpoint (%d of %d steps)", model.num_timesteps,
                     trained_steps)
     model.trained_steps = trained_steps
+    model.warm_start = warm
     return model
 
 
