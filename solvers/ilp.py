@@ -145,6 +145,7 @@ class _Model:
         self.span = [c for c in cands if not prob.is_local(c)
                      and not (low and c.role in ("prefill", "decode"))]
         self.pair = prob.pairs()
+        self._prune()
         self.x = {(i, n): s.IntVar(0, m // c.num_gpus, f"x{i}_{n}")
                   for i, c in enumerate(self.local) for n in nodes}
         self.s, self.m = {}, {}
@@ -172,6 +173,38 @@ class _Model:
             s.Add(self.used[n] >= self.used[n + 1])
         self.gpus = sum(self.used)
         self.rate = self._rate_expr(low)
+
+    def _prune(self) -> None:
+        """Drop dominated candidates (exact: a dominating one fits wherever they fit).
+
+        Same role: local B beats local A when ``g_B <= g_A``; spanning B beats spanning A when
+        ``tp_B <= tp_A`` and ``pp_B <= pp_A``; local B beats spanning A when ``g_B <= tp_A``;
+        pairs likewise on (tp sum, pp) -- each time with capacity ``>=``.
+        """
+        cap = self.prob.cap
+
+        def keep(items, size, value, better):
+            out = []
+            for k, a in enumerate(items):
+                dominated = any(
+                    better(b, a) and value(b) >= value(a)
+                    and (value(b) > value(a) or size(b) != size(a) or j < k)
+                    for j, b in enumerate(items) if j != k)
+                if not dominated:
+                    out.append(a)
+            return out
+
+        self.local = keep(self.local, lambda c: c.num_gpus, cap,
+                          lambda b, a: b.role == a.role and b.num_gpus <= a.num_gpus)
+        self.span = [a for a in keep(self.span, lambda c: (c.tp, c.pp), cap,
+                                     lambda b, a: b.role == a.role and b.tp <= a.tp
+                                     and b.pp <= a.pp)
+                     if not any(b.role == a.role and b.num_gpus <= a.tp and cap(b) >= cap(a)
+                                for b in self.local)]
+        self.pair = keep(self.pair, lambda q: (q[0].tp + q[1].tp, q[0].pp),
+                         lambda q: min(cap(q[0]), cap(q[1])),
+                         lambda b, a: b[0].tp + b[1].tp <= a[0].tp + a[1].tp
+                         and b[0].pp <= a[0].pp)
 
     def _role_cap(self, role: str, n: int | None):
         """Capacity of ``role`` instances (node ``n`` only, or all), linear expression."""
@@ -289,34 +322,50 @@ def solve(prob: Problem, solver: str = "CP_SAT", time_limit_s: float = 60.0,
 
 
 def _dinkelbach(prob: Problem, model: _Model, big: int, time_limit_s: float) -> Allocation:
-    """Maximise R / G exactly: solve max q R - p G until no solution beats p / q."""
-    results = [model.solve(big * model.rate - model.gpus, True, time_limit_s)]
+    """Maximise R / G exactly: solve max q R - p G until no solution beats p / q.
+
+    ``time_limit_s`` is the budget of the whole sequence; when it runs out the best plan
+    found so far returns with status FEASIBLE and its gap.
+    """
+    t_end = time.perf_counter() + time_limit_s if time_limit_s > 0 else None
+
+    def left() -> float:
+        return 0.0 if t_end is None else max(t_end - time.perf_counter(), 0.01)
+
+    results = [model.solve(big * model.rate - model.gpus, True, left())]
     if results[-1][0] not in ("OPTIMAL", "FEASIBLE"):
         return _finish(model, results)
+    best = _finish(model, results)
     ratio = Fraction(model.value(model.rate), max(model.value(model.gpus), 1))
     if ratio == 0:
         return Allocation("INFEASIBLE", message="no allocation meets the SLOs at any rate")
     for _ in range(50):
         p, q = ratio.numerator, ratio.denominator
-        res = model.solve(q * model.rate - p * model.gpus, True, time_limit_s)
+        res = model.solve(q * model.rate - p * model.gpus, True, left())
         results.append(res)
-        gpus = model.value(model.gpus)
-        if res[0] not in ("OPTIMAL", "FEASIBLE") or gpus == 0:
+        gpus = model.value(model.gpus) if res[0] in ("OPTIMAL", "FEASIBLE") else 0
+        if gpus == 0:
             break
         new = Fraction(model.value(model.rate), gpus)
-        if new <= ratio:
+        if new > ratio:
+            best = _finish(model, results)
+        if new <= ratio or res[0] != "OPTIMAL":
+            ratio = max(ratio, new)
             break
         ratio = new
     p, q = ratio.numerator, ratio.denominator
     keep = model.solver.Add(q * model.rate - p * model.gpus >= 0)
     some = model.solver.Add(model.rate >= 1)
     if prob.fill_cluster:
-        results.append(model.solve(big * model.rate - model.gpus, True, time_limit_s))
+        results.append(model.solve(big * model.rate - model.gpus, True, left()))
     else:
-        results.append(model.solve(model.gpus, False, time_limit_s))
+        results.append(model.solve(model.gpus, False, left()))
     alloc = _finish(model, results)
     for con in (keep, some):
         con.SetBounds(-model.solver.infinity(), model.solver.infinity())
+    if not alloc.instances:  # the last program ran out of time: keep the best plan found
+        best.status, best.solve_s, best.num_solves = "FEASIBLE", alloc.solve_s, alloc.num_solves
+        return best
     return alloc
 
 

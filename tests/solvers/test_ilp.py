@@ -51,7 +51,7 @@ def check(prob, solver="CP_SAT"):
     assert max(per_node) <= prob.gpus_per_node
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems())
 def test_ilp_equals_brute_force(prob):
     check(prob)
