@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import hydra
 import pandas as pd
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
 from sim.catalog import CatalogError, ModelSpec
 from sim.engine import ClusterConfig
 from sim.instance import InstanceConfig
 from sim.run import SimulateConfig, run_simulation
+from tests.hydra_entry import compose as hydra_compose
+from tests.hydra_entry import import_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["workload=trace_csv", "workload.max_requests=60"]
@@ -27,17 +26,12 @@ SMALL = ["workload=trace_csv", "workload.max_requests=60"]
 @pytest.fixture(scope="module", autouse=True)
 def simulate_module():
     """Import simulate.py by path: registers ``simulate_schema`` in Hydra's ConfigStore."""
-    spec = importlib.util.spec_from_file_location("simulate", REPO / "simulate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_entry("simulate.py")
 
 
 def compose(*overrides: str) -> SimulateConfig:
     """Compose conf/simulate.yaml with ``overrides`` and convert it to dataclasses."""
-    with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = hydra.compose("simulate", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+    return hydra_compose("simulate", *overrides)
 
 
 def test_defaults_compose_to_typed_config():

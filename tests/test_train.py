@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import hydra
 import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from envs import RoutingEnv
 from policies.run import TrainAppConfig, run
 from policies.sb3_train import PolicyConfig, TrainConfig, find_checkpoint
+from tests.hydra_entry import REPO, import_entry
+from tests.hydra_entry import compose as hydra_compose
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["train=smoke", "eval=smoke", "env.episode.requests_per_episode=64"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def train_module():
     """Import train.py by path: registers ``train_schema`` in Hydra's ConfigStore."""
-    spec = importlib.util.spec_from_file_location("train_entry", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_entry("train.py")
 
 
 def compose(*overrides: str) -> TrainAppConfig:
-    with hydra.initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = hydra.compose("train", overrides=list(overrides))
-    return OmegaConf.to_object(cfg)
+    """Compose conf/train.yaml with ``overrides`` into a TrainAppConfig."""
+    return hydra_compose("train", *overrides)
 
 
 def test_defaults_compose_to_the_embedded_training_setup():
