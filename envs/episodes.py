@@ -30,11 +30,15 @@ class EpisodeConfig:
     """Lowest multiplier of the workload's arrival rate."""
     rate_scale_max: float = 1.6
     """Highest multiplier (drawn log-uniformly between the two)."""
+    end: str = "truncate"
+    """truncate (cut after the last arrival; bootstrap) or drain (run all to completion)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.requests_per_episode, bool) or int(self.requests_per_episode) < 1:
             raise ValueError(f"episode.requests_per_episode = {self.requests_per_episode!r} "
                              "must be an integer >= 1")
+        if self.end not in ("truncate", "drain"):
+            raise ValueError(f"episode.end {self.end!r} must be truncate or drain")
         if not 0 < self.rate_scale_min <= self.rate_scale_max < math.inf:
             raise ValueError(
                 "episode needs 0 < rate_scale_min <= rate_scale_max, got "

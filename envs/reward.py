@@ -10,10 +10,11 @@ Per request (``RewardConfig``, defaults in brackets):
 When is it paid? Rejections at once (in the step that routed the request). Otherwise at the
 request's deadlines, not at its completion: at ``arrival + ttft_s`` the first token must exist
 (else ``violated`` is paid right then), and at ``first_token + tpot_s * (output - 1)`` the
-request must have completed (else ``violated`` now; ``met`` if it has). When an episode ends
-the simulator drains every request and a final reconciliation pays the difference for any
-request whose true outcome (computed exactly as the metrics do) differs from what was paid,
-e.g. a request charged ``violated`` at its deadline that later failed. Hence::
+request must have completed (else ``violated`` now; ``met`` if it has). When a ``drain``
+episode ends the simulator runs every request to its end and a final reconciliation pays the
+difference for any request whose true outcome (computed exactly as the metrics do) differs
+from what was paid, e.g. a request charged ``violated`` at its deadline that later failed.
+Hence, for ``drain`` episodes::
 
     episode return (undiscounted) = met * n_met + violated * n_violated + rejected * n_rejected
 
@@ -22,8 +23,10 @@ maximising it maximises the requests within SLO (SLO attainment, i.e. goodput) a
 against rejecting. Why it cannot be gamed: (1) rejecting is always worse than serving late
 (-1 < -0.5) and both are worse than serving in time; (2) stalling a request does not postpone
 its penalty beyond its deadline, so a discount factor cannot make "park it on an overloaded
-instance" look cheap; (3) nothing is left unpaid at the end of an episode (drain +
-reconciliation), so pushing work past the window's end gains nothing.
+instance" look cheap; (3) nothing is left unpaid at the end of an episode: a ``drain``
+episode pays every outcome; a ``truncate`` episode (the training default) leaves the requests
+in flight to the critic's bootstrap value of the final state, which a backlog lowers like any
+other state, so pushing work past the window's end gains nothing either.
 """
 
 from __future__ import annotations

@@ -6,14 +6,21 @@ arrival. Observation, action and mask encoding: :mod:`sim.features` (shared with
 router). Reward: :mod:`envs.reward` (goodput-aligned, paid at deadlines).
 
 Episodes (:mod:`envs.episodes`) are windows of the workload with a random rate multiplier.
-After the episode's last arrival is routed the simulator drains every request in flight, the
-reward is reconciled, and the episode *terminates* (all its requests have an outcome, no
-reward is left). ``truncated`` is never set by the environment itself; wrap it in
-``gymnasium.wrappers.TimeLimit`` to cut episodes short.
+How an episode ends (``episode.end``):
+
+* ``truncate`` (default, for training): the window is a cut of a continuing workload. Right
+  after the last arrival is placed the episode is *truncated*; requests still in flight are
+  not paid, and the learner bootstraps their value from the final observation (the cluster
+  after the last placement). This keeps a lump of a hundred outcomes out of the last step,
+  which otherwise dominates the advantage estimates.
+* ``drain`` (exact accounting, evaluation): the simulator runs every request to its end, the
+  reward is reconciled, and the episode *terminates*; the undiscounted return then equals
+  the outcome counts exactly (see :mod:`envs.reward`).
 
 ``info`` is empty on ordinary steps (the step is a hot path); on the last step it carries the
-episode's metrics: ``requests``, ``met``, ``violated``, ``rejected``, ``slo_attainment``,
-``rate_scale``, ``rate_per_s``, ``episode_return``.
+episode's metrics: ``requests``, ``met``, ``violated``, ``rejected``, ``unpaid`` (in flight at
+a truncation), ``slo_attainment`` (met / paid), ``rate_scale``, ``rate_per_s``,
+``episode_return``.
 """
 
 from __future__ import annotations
@@ -77,6 +84,8 @@ class RoutingEnv(gym.Env):
         self._mask = np.ones(int(sum(self.encoder.nvec)), dtype=bool)
         self._rate_scale = 1.0
         self._rate_per_s = 0.0
+        self._num_requests = 0
+        self._truncate = cfg.episode.end == "truncate"
 
     # ---- Gymnasium API --------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -95,6 +104,7 @@ class RoutingEnv(gym.Env):
         pred_rng = np.random.default_rng(rng.integers(1 << 63))
         self.sim = Simulator(self.cfg.model, self.cfg.hardware, self.cfg.cluster, self.cfg.sim,
                              wl, rng=pred_rng)
+        self._num_requests = len(wl)
         self.encoder.reset()
         self.tracker.reset()
         self._req = self.sim.next_arrival()
@@ -108,6 +118,12 @@ class RoutingEnv(gym.Env):
         sim, tracker = self.sim, self.tracker
         r = sim.route(self.encoder.decode(action, self._req))
         reward = tracker.admit(r)
+        if self._truncate and sim.num_entered == self._num_requests:
+            # window cut: requests in flight are left to the critic's bootstrap value; the
+            # final observation is the cluster after this placement, seen by this request
+            self._req = None
+            self._obs, self._mask = self.encoder.encode(sim.view(), self._last_info(r))
+            return self._obs, float(reward), False, True, self._episode_info()
         req = sim.next_arrival()
         reward += tracker.advance(sim.now_s)
         if req is None:
@@ -128,12 +144,20 @@ class RoutingEnv(gym.Env):
         """The arrival waiting for a decision (None after the episode ended)."""
         return self._req
 
+    def _last_info(self, r):
+        from sim.routing import RequestInfo
+
+        return RequestInfo(r.rid, r.arrival_s, r.num_prompt_tokens,
+                           int(self.sim.predicted_output[r.rid]))
+
     def _episode_info(self) -> dict:
         met, violated, rejected = self.tracker.counts()
         n = met + violated + rejected
-        assert n == self.sim.num_entered, "a request left the episode without an outcome"
+        unpaid = self.sim.num_entered - n
+        assert self._truncate or unpaid == 0, "a request left the episode without an outcome"
         return {
-            "requests": n, "met": met, "violated": violated, "rejected": rejected,
+            "requests": self.sim.num_entered, "met": met, "violated": violated,
+            "rejected": rejected, "unpaid": unpaid,
             "slo_attainment": met / n if n else 0.0,
             "rate_scale": self._rate_scale, "rate_per_s": self._rate_per_s,
             "episode_return": self.tracker.total,

@@ -14,6 +14,7 @@ A decision maps to an action as: Lead and Follow as given; the split bin nearest
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -41,8 +42,12 @@ def decision_to_action(env: RoutingEnv, d: Decision, req: RequestInfo) -> np.nda
 
 
 def collect(cfg: EnvConfig, heuristic: str, steps: int, seed: int, gamma: float):
-    """Roll the heuristic through the environment; returns (obs, actions, masks, returns)."""
-    env = RoutingEnv(cfg)
+    """Roll the heuristic through the environment; returns (obs, actions, masks, returns).
+
+    Episodes are drained (``episode.end = drain``) so the returns-to-go include the outcomes
+    of the requests in flight at the window's end, which a truncated episode bootstraps.
+    """
+    env = RoutingEnv(replace(cfg, episode=replace(cfg.episode, end="drain")))
     router = make_heuristic(heuristic, seed=seed)
     obs_l, act_l, mask_l, ret_l = [], [], [], []
     ep = 0
@@ -58,7 +63,8 @@ def collect(cfg: EnvConfig, heuristic: str, steps: int, seed: int, gamma: float)
             obs_l.append(obs)
             act_l.append(a)
             mask_l.append(env.action_masks())
-            obs, r, done, _, _ = env.step(a)
+            obs, r, term, trunc, _ = env.step(a)
+            done = term or trunc
             rewards.append(r)
         g, rets = 0.0, np.empty(len(rewards))
         for i in range(len(rewards) - 1, -1, -1):

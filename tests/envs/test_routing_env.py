@@ -69,7 +69,8 @@ def test_observations_stay_in_the_box_and_masks_match_the_action_space():
         assert env.observation_space.contains(obs)
         m = env.action_masks()
         assert m.dtype == bool and m.shape == (int(sum(env.action_space.nvec)),)
-        obs, _, done, _, _ = env.step(random_masked(env, obs))
+        obs, _, term, trunc, _ = env.step(random_masked(env, obs))
+        done = term or trunc
 
 
 def test_mask_excludes_instances_that_can_never_hold_the_request():
@@ -91,10 +92,10 @@ def test_mask_excludes_instances_that_can_never_hold_the_request():
 def test_episode_return_equals_outcome_counts_and_metrics_agree():
     cfg = small_cfg(reward=RewardConfig(met=1.0, violated=-0.25, rejected=-2.0),
                     episode=EpisodeConfig(requests_per_episode=64, rate_scale_min=2.0,
-                                          rate_scale_max=4.0))
+                                          rate_scale_max=4.0, end="drain"))
     env = RoutingEnv(cfg)
     total, steps, info = rollout(env, random_masked, seed=5)
-    assert steps == info["requests"] == 64
+    assert steps == info["requests"] == 64 and info["unpaid"] == 0
     assert info["met"] + info["violated"] + info["rejected"] == 64
     assert total == pytest.approx(info["met"] - 0.25 * info["violated"] - 2.0 * info["rejected"])
     assert total == pytest.approx(info["episode_return"])
@@ -106,7 +107,7 @@ def test_episode_return_equals_outcome_counts_and_metrics_agree():
 def test_violations_are_charged_by_their_deadline_not_at_completion():
     """Stalling cannot postpone a penalty past the request's TTFT deadline."""
     slo = SLO(ttft_s=0.05, tpot_s=0.05)
-    cfg = small_cfg(slo=slo, episode=EpisodeConfig(requests_per_episode=200,
+    cfg = small_cfg(slo=slo, episode=EpisodeConfig(requests_per_episode=200, end="drain",
                                                    rate_scale_min=4.0, rate_scale_max=4.0))
     env = RoutingEnv(cfg)
     env.reset(seed=0)
@@ -130,6 +131,25 @@ def test_violations_are_charged_by_their_deadline_not_at_completion():
     assert sum(charged_at[r.rid] < r.finish_s for r in late) > 20   # long before completion
 
 
+def test_truncated_episodes_end_after_the_last_placement_and_count_unpaid():
+    env = RoutingEnv(small_cfg(episode=EpisodeConfig(requests_per_episode=48,
+                                                     rate_scale_min=4.0, rate_scale_max=4.0)))
+    obs, _ = env.reset(seed=2)
+    steps, done = 0, False
+    while not done:
+        obs, r, term, trunc, info = env.step(random_masked(env, obs))
+        steps += 1
+        done = term or trunc
+        assert not term
+    assert trunc and steps == 48 and env.observation_space.contains(obs)
+    assert info["unpaid"] > 0 and info["met"] + info["violated"] + info["rejected"] \
+        + info["unpaid"] == 48
+    assert info["episode_return"] == pytest.approx(
+        info["met"] - 0.5 * info["violated"] - info["rejected"])
+    # the simulator stopped at the last arrival: nothing ran past the window
+    assert env.sim.now_s == env.sim.entered_requests()[-1].arrival_s
+
+
 def test_rejection_is_paid_in_the_step_that_routes_it():
     cluster = ClusterConfig(instances=[InstanceConfig(num_gpu_blocks_override=4),
                                        InstanceConfig(num_gpu_blocks_override=4096)])
@@ -140,13 +160,18 @@ def test_rejection_is_paid_in_the_step_that_routes_it():
 
 
 def test_same_seed_same_episode_and_different_seed_differs():
-    a = [rollout(RoutingEnv(small_cfg()), random_masked, seed=s)[0] for s in (7, 7, 8)]
-    assert a[0] == a[1]
-    env = RoutingEnv(small_cfg())
-    o1, _ = env.reset(seed=11)
-    o2, _ = env.reset(seed=11)
-    np.testing.assert_array_equal(o1, o2)
-    assert a[2] != a[0]
+    def trace(seed):
+        env = RoutingEnv(small_cfg())
+        obs, _ = env.reset(seed=seed)
+        out, done = [obs], False
+        while not done:
+            obs, r, term, trunc, _ = env.step(random_masked(env, obs))
+            out += [obs, np.float32(r)]
+            done = term or trunc
+        return np.concatenate([np.atleast_1d(x) for x in out])
+
+    np.testing.assert_array_equal(trace(7), trace(7))
+    assert not np.array_equal(trace(7), trace(8))
 
 
 def test_vector_envs_dummy_and_subprocess():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -33,7 +35,8 @@ def test_collected_returns_are_discounted_episode_rewards():
     obs, act, masks, rets = collect(cfg(), "round_robin", 64, seed=0, gamma=1.0)
     assert obs.shape == (64, 36) and act.shape == (64, 3) and masks.shape == (64, 3 + 3 + 5)
     assert (act[:, 0] == np.arange(64) % 3).all() and (act[:, 2] == 4).all()
-    env = RoutingEnv(cfg())
+    c = cfg()
+    env = RoutingEnv(replace(c, episode=replace(c.episode, end="drain")))
     env.reset(seed=0)
     rewards, done = [], False
     while not done:
