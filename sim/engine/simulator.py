@@ -237,9 +237,10 @@ class Simulator:
         if op.line is None or not inst.busy:
             return inst.kv.num_used
         j = iters_within(op.line, self.now_s - op.start_s) + 1
+        used = inst.kv.num_used + inst.run_owed_blocks  # as if the run took all its blocks
         if j >= op.k_done:
-            return inst.kv.num_used
-        return inst.kv.num_used - (inst.run_new_blocks(op.k_done) - inst.run_new_blocks(j))
+            return used
+        return used - (inst.run_new_blocks(op.k_done) - inst.run_new_blocks(j))
 
     def route(self, decision: Decision) -> Request:
         """Place the pending arrival according to ``decision`` (or reject it, counted)."""
@@ -346,15 +347,22 @@ class Simulator:
     def _cut(self, idx: int) -> None:
         """End a decode run after the iteration in flight; free blocks reserved beyond it."""
         op = self._ops[idx]
-        if op.line is None or op.k_done <= 1:
+        if op.line is None:
+            return
+        inst = self.instances[idx]
+        if op.k_done <= 1:
+            if inst.run_owed_blocks:
+                inst.shrink_decode_run(op.k_done, op.k_done)  # settle its evictions now
             return
         done = iters_within(op.line, self.now_s - op.start_s) + 1  # include the one in flight
         if done < op.k_done:
-            self.instances[idx].shrink_decode_run(op.k_done, done)
+            inst.shrink_decode_run(op.k_done, done)
             op.k_done = done
             op.end_s = op.start_s + cum_time_s(op.line, done)
             op.version += 1
             self._push(op.end_s, ITERATION_END, idx, op.version)
+        elif inst.run_owed_blocks:
+            inst.shrink_decode_run(op.k_done, op.k_done)  # settle its evictions now
 
     def _schedule_dirty(self) -> None:
         dirty = self._dirty
@@ -456,14 +464,17 @@ class Simulator:
             if f.num_running + f.num_transfers_in >= f.cfg.max_num_seqs:
                 return
             need = kv.blocks_for(r.num_computed_tokens)
-            if need > kv.num_free:
+            free = kv.num_free - f.run_owed_blocks  # blocks a decode run in flight still takes
+            if need > free:
                 op = self._ops[f.index]
                 if op.line is None or not f.busy:
                     return
                 j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
-                if need > kv.num_free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
+                if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
                     return
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
+            elif f.run_owed_blocks:
+                self._cut(f.index)  # the run's evictions come first (it ends after this step)
             kv.allocate(need)
             pending.popleft()
             self.instances[r.lead].awaiting_out.remove(r)
@@ -521,17 +532,17 @@ class Simulator:
         _, r = link.next_done()
         link.pop(r, self.now_s)
         lead, follow = self.instances[r.lead], self.instances[r.follow]
+        self._touch(r.lead)  # before the release: a decode run there settles its blocks first
         lead.release_blocks(r)
         lead.num_transfers_out -= 1
-        self._touch(r.lead)
         r.num_blocks = follow.kv.blocks_for(r.num_computed_tokens)
         r.stop_tokens = r.max_output_tokens
         r.instance = follow.index
         r.transfer_end_s = self.now_s
+        self._touch(follow.index)  # before registering: a decode run there settles first
         if r.hashes is not None and follow.kv.enable_prefix_caching:
             follow.register_prefix(r)  # received prompt blocks are cached like computed ones
         follow.ready_kv.append(r)  # joins the batch when the instance next schedules
-        self._touch(follow.index)
         self._try_pull(lead)
         self._push_link(link)
 

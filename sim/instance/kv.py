@@ -137,6 +137,25 @@ class KVCache:
             h += 1
         return h
 
+    def evictable_before(self, want: int, keep: tuple) -> int:
+        """Evictable blocks, in eviction order, up to ``want`` and before any key in ``keep``.
+
+        Allocations evict the least recently used entries first, so evicting ``d`` more blocks
+        than are empty removes the shortest LRU prefix holding ``d`` blocks; when ``d`` is at
+        most the returned count, no key of ``keep`` is among them. Returns at least ``want``
+        when that many can go without touching ``keep`` (it counts whole entries).
+        """
+        bph = self.blocks_per_hash
+        keep = set(keep)
+        got = 0
+        for key in self._lru:
+            if key in keep:
+                break
+            got += bph if key >= 0 else 1
+            if got >= want:
+                break
+        return got
+
     def evictable_blocks(self, hashes: tuple) -> int:
         """Blocks of these resident entries that nobody references (taking them uses free)."""
         refs = self._refs

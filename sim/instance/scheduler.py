@@ -128,6 +128,12 @@ class Instance:
         self._run_seqs = 0
         self._run_crossing: list[int] = []
         self.run_ctx_tokens = 0
+        self.run_owed_blocks = 0
+        """Blocks the decode run in flight still has to take (it took the empty ones at
+        planning; the rest evict cached entries when the run is settled: cut or finished)."""
+        self._head_keys: tuple = ()
+        """Prefix-cache keys the waiting queue's head would reuse (from the last admission
+        check); a decode run must not evict them."""
 
     # ---- queue ---------------------------------------------------------------------------
     def enqueue(self, r: Request) -> None:
@@ -544,6 +550,7 @@ class Instance:
         budget = self.cfg.max_num_batched_tokens
         if seqs > budget:
             return 0
+        self._head_keys = ()
         if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
                 and self._head_admissible(budget - seqs)):
             return 0
@@ -566,16 +573,26 @@ class Instance:
         crossing = [0, *accumulate(order[:-1])]
         self._run_crossing = crossing
         self._run_seqs = seqs
-        # only empty blocks: evicting cached entries ahead of time would change which entries
-        # survive, so a run stops where it would start evicting (one-by-one from there)
-        free = kv.num_blocks - kv.num_used - kv.num_evictable
-        if seqs * (k // bs) + crossing[k % bs] > free:
-            k = min(k, (free // seqs) * bs + bs - 1)
-            while k > 0 and seqs * (k // bs) + crossing[k % bs] > free:
+        # Blocks: the empty ones are taken now; beyond them the run may evict cached entries,
+        # which it does lazily (settle_decode_run) so that exactly the entries one-by-one
+        # iterations would have evicted by then are gone. It never evicts entries the
+        # waiting queue's head would reuse (that could make the head admissible mid-run), nor
+        # while members still offer prompt blocks to the cache (evictions would let them).
+        empty = kv.num_blocks - kv.num_used - kv.num_evictable
+        cap = empty
+        want = seqs * (k // bs) + crossing[k % bs]
+        if want > empty and kv.num_evictable and not self._register_pending:
+            cap += kv.evictable_before(want - empty, self._head_keys)
+        if want > cap:
+            k = min(k, (cap // seqs) * bs + bs - 1)
+            while k > 0 and seqs * (k // bs) + crossing[k % bs] > cap:
                 k -= 1
             if k < 2:
                 return 0
-        kv.allocate(self.run_new_blocks(k))
+            want = seqs * (k // bs) + crossing[k % bs]
+        now = want if want <= empty else empty
+        kv.allocate(now)
+        self.run_owed_blocks = want - now
         return k
     def _head_admissible(self, budget: int) -> bool:
         """Whether the head of the waiting queue could be admitted now (no side effects)."""
@@ -584,6 +601,7 @@ class Instance:
         r = self.waiting[0]
         kv = self.kv
         keys, hit, pinned = self._prefix_hit(r)
+        self._head_keys = keys
         start = max(r.num_computed_tokens, hit)
         n = r.num_tokens - start
         if not self.cfg.enable_chunked_prefill and n > budget:
@@ -603,12 +621,27 @@ class Instance:
         return self._run_seqs * (j // bs) + self._run_crossing[j % bs]
 
     def shrink_decode_run(self, planned: int, done: int) -> None:
-        """Cut a reserved run of ``planned`` iterations to ``done``: free the extra blocks."""
-        if done < planned:
-            self.kv.free(self.run_new_blocks(planned) - self.run_new_blocks(done))
+        """Cut a run of ``planned`` iterations to ``done`` (``done <= planned``) and settle it.
+
+        Afterwards the instance holds exactly the blocks of the ``done`` iterations: extra
+        reserved ones are freed, owed ones taken (evicting cached entries, LRU first, as those
+        iterations would have when run one by one). ``done == planned`` only settles.
+        """
+        held = self.run_new_blocks(planned) - self.run_owed_blocks
+        target = self.run_new_blocks(done)
+        self.run_owed_blocks = 0
+        if target < held:
+            self.kv.free(held - target)
+        elif target > held:
+            ok = self.kv.allocate(target - held)
+            assert ok, "a decode run's blocks were taken meanwhile"
 
     def finish_decode_run(self, done: int) -> list[Request]:
         """Apply ``done`` reserved decode iterations; returns the requests that stopped."""
+        if self.run_owed_blocks:
+            ok = self.kv.allocate(self.run_owed_blocks)
+            assert ok, "a decode run's blocks were taken meanwhile"
+            self.run_owed_blocks = 0
         self._step += done
         if self._stops and self._stops[0][0] <= self._step:
             return self._pop_stopped()
