@@ -1,0 +1,243 @@
+"""The emulator's engine: a real-time continuous-batching loop timed by the performance model.
+
+One job: run requests the way a vLLM V1 engine does -- per-iteration token budget
+(``max_num_batched_tokens``), ``max_num_seqs``, running requests first then FCFS admissions,
+chunked prefill, paged KV blocks -- and sleep each iteration for the time
+``LatencyBackend.iteration_time_s`` predicts for its batch. Tokens are emitted at the end of
+the iteration that samples them.
+
+Differences from :class:`sim.instance.Instance` (whose aggregated decode batch advances in
+closed form and is not meant to be stepped against a wall clock): admission reserves the
+blocks of the whole sequence (prompt + ``max_tokens``; vLLM's ``--scheduler-reserve-full-isl``
+reserves the prompt's), so there is no preemption; no prefix caching. A prefill leg of a P/D
+hand-off (``do_remote_decode``) keeps its blocks pinned after it finishes until the decode
+instance pulls them or ``kv_abort_timeout_s`` passes, as NIXL's producer does.
+
+Request state follows ``sim.instance.request``: ``num_computed_tokens`` has KV, it is
+prefilling while ``num_computed_tokens < num_prompt_tokens``; each decode iteration computes
+the last sampled token and samples the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from sim.perf import LatencyBackend
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Seq:
+    """One request inside the engine."""
+
+    rid: str
+    """Request id (vLLM's internal id; the X-Request-Id when given)."""
+    num_prompt_tokens: int
+    """Prompt length, tokens."""
+    max_tokens: int
+    """Outputs to sample."""
+    arrival_s: float
+    """Engine clock (monotonic) at submission, seconds."""
+    num_computed_tokens: int = 0
+    """Tokens with KV here (starts at ``prompt - 1`` after a remote prefill)."""
+    num_output_tokens: int = 0
+    """Outputs sampled so far."""
+    num_blocks: int = 0
+    """KV blocks it holds."""
+    keep_kv: bool = False
+    """Pin the blocks after finishing (prefill leg of a P/D hand-off)."""
+    first_scheduled_s: float = -1.0
+    """When it was first admitted (queue time = first_scheduled_s - arrival_s)."""
+    first_token_s: float = -1.0
+    """When output 1 was sampled."""
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    """Items ``("token", n_out)`` per sampled token, then ``("end", finish_reason)``."""
+    finished: bool = False
+
+
+class EmulatedEngine:
+    """Continuous batching in real time (see the module docstring)."""
+
+    def __init__(self, backend: LatencyBackend, num_blocks: int, block_size: int,
+                 max_num_seqs: int, max_num_batched_tokens: int,
+                 slowdown: float = 1.0, kv_abort_timeout_s: float = 480.0) -> None:
+        """Create an idle engine (start :meth:`run` as a task).
+
+        Args:
+            backend: times an iteration from its batch sums.
+            num_blocks: KV blocks of the instance.
+            block_size: tokens per KV block.
+            max_num_seqs: sequences per iteration.
+            max_num_batched_tokens: token budget per iteration.
+            slowdown: multiplies every iteration time (1 = the model's prediction).
+            kv_abort_timeout_s: pinned blocks nobody pulls are freed after this, seconds.
+        """
+        if num_blocks < 1 or block_size < 1 or max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise ValueError("num_blocks, block_size, max_num_seqs and max_num_batched_tokens "
+                             "must all be >= 1")
+        self.backend = backend
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.slowdown = slowdown
+        self.kv_abort_timeout_s = kv_abort_timeout_s
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.pinned: dict[str, tuple[Seq, float]] = {}
+        """rid -> (finished prefill leg, expiry on the engine clock)."""
+        self.num_used_blocks = 0
+        self.num_pulling = 0
+        """Decode legs fetching remote KV (reported as waiting, like vLLM's deferred)."""
+        self.num_iterations = 0
+        self._wake = asyncio.Event()
+
+    # ---- requests --------------------------------------------------------------------------
+    def blocks_for(self, num_tokens: int) -> int:
+        """KV blocks ``num_tokens`` tokens occupy."""
+        return -(-num_tokens // self.block_size)
+
+    def fits_ever(self, num_tokens: int) -> bool:
+        """Whether an empty cache could hold ``num_tokens`` tokens."""
+        return self.blocks_for(num_tokens) <= self.num_blocks
+
+    def submit(self, seq: Seq) -> None:
+        """Queue a request (FCFS)."""
+        self.waiting.append(seq)
+        self._wake.set()
+
+    def abort(self, seq: Seq) -> None:
+        """Drop a request (client went away); frees its blocks."""
+        if seq.finished:
+            return
+        seq.finished = True
+        if seq in self.running:
+            self.running.remove(seq)
+            self._free(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    def release_pinned(self, rid: str) -> int | None:
+        """Free a pinned prefill leg's blocks (the decode side read them).
+
+        Returns:
+            Tokens whose KV it held, or None if no such pinned request.
+        """
+        item = self.pinned.pop(rid, None)
+        if item is None:
+            return None
+        seq = item[0]
+        self._free(seq)
+        self._wake.set()
+        return seq.num_computed_tokens
+
+    def _free(self, seq: Seq) -> None:
+        self.num_used_blocks -= seq.num_blocks
+        seq.num_blocks = 0
+        assert 0 <= self.num_used_blocks <= self.num_blocks, "KV block count out of range"
+
+    @property
+    def kv_used_frac(self) -> float:
+        """KV blocks in use (running and pinned) as a 0-1 fraction."""
+        return self.num_used_blocks / self.num_blocks
+
+    # ---- the loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Step forever: schedule, sleep the iteration time, emit tokens."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._expire_pinned(loop.time())
+            batch = self._schedule(loop.time())
+            if not batch:
+                self._wake.clear()
+                timeout = 1.0 if self.pinned else None
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            start_s = loop.time()
+            dt_s = self._iteration_time_s(batch) * self.slowdown
+            await asyncio.sleep(max(start_s + dt_s - loop.time(), 0.0))
+            self._complete(batch, loop.time())
+            self.num_iterations += 1
+
+    def _schedule(self, now_s: float) -> list[tuple[Seq, int]]:
+        """Running first (decodes 1 token, prefills a chunk), then FCFS admissions."""
+        budget = self.max_num_batched_tokens
+        batch: list[tuple[Seq, int]] = []
+        for s in self.running:
+            if budget <= 0:
+                break
+            left = s.num_prompt_tokens - s.num_computed_tokens
+            n = 1 if left <= 0 else min(left, budget)
+            batch.append((s, n))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            s = self.waiting[0]
+            need = self.blocks_for(s.num_prompt_tokens + s.max_tokens)
+            if self.num_used_blocks + need > self.num_blocks:
+                break  # head-of-line blocking, as vLLM's FCFS
+            self.waiting.popleft()
+            s.num_blocks = need
+            self.num_used_blocks += need
+            s.first_scheduled_s = now_s
+            self.running.append(s)
+            n = min(s.num_prompt_tokens - s.num_computed_tokens, budget)
+            batch.append((s, n))
+            budget -= n
+        return batch
+
+    def _iteration_time_s(self, batch: list[tuple[Seq, int]]) -> float:
+        pt = ps = pctx = pxc = psq = ds = dctx = 0
+        for s, n in batch:
+            if s.num_computed_tokens < s.num_prompt_tokens:
+                x = s.num_computed_tokens
+                pt += n
+                ps += 1
+                pctx += x
+                pxc += n * x
+                psq += n * n
+            else:
+                ds += 1
+                dctx += s.num_computed_tokens + 1
+        return self.backend.iteration_time_s(pt, ps, pctx, pxc, psq, ds, dctx)
+
+    def _complete(self, batch: list[tuple[Seq, int]], now_s: float) -> None:
+        for s, n in batch:
+            if s.finished:  # aborted while the iteration ran
+                continue
+            s.num_computed_tokens += n
+            if s.num_computed_tokens < s.num_prompt_tokens:
+                continue  # a prefill chunk that did not finish the prompt
+            s.num_output_tokens += 1
+            if s.first_token_s < 0:
+                s.first_token_s = now_s
+            s.events.put_nowait(("token", s.num_output_tokens))
+            if s.num_output_tokens >= s.max_tokens:
+                self._finish(s, now_s)
+
+    def _finish(self, s: Seq, now_s: float) -> None:
+        s.finished = True
+        self.running.remove(s)
+        if s.keep_kv:
+            self.pinned[s.rid] = (s, now_s + self.kv_abort_timeout_s)
+        else:
+            self._free(s)
+        s.events.put_nowait(("end", "length"))
+
+    def _expire_pinned(self, now_s: float) -> None:
+        for rid in [r for r, (_, exp) in self.pinned.items() if exp <= now_s]:
+            logger.warning("KV of %s was never pulled; freed after %.0f s", rid,
+                           self.kv_abort_timeout_s)
+            self.release_pinned(rid)
+
+
+def monotonic_s() -> float:
+    """Wall clock for latencies, seconds."""
+    return time.monotonic()

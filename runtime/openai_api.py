@@ -1,0 +1,293 @@
+"""The OpenAI-compatible wire format shared by the emulator and the router.
+
+One job: turn request bodies into a validated :class:`GenRequest` (400s name the field), and
+build the response objects and SSE frames vLLM sends (``/v1/completions`` and
+``/v1/chat/completions``, streaming and not; layout from the protocol notes, sections 2.1
+and 4.1).
+
+The fake tokenizer: a prompt string is split on whitespace and every word is one token, with
+id ``crc32(word) % VOCAB_SIZE``; a chat is rendered as ``<|role|> content`` per message plus
+``<|assistant|>`` and tokenized the same way. Generated text cycles through :data:`WORDS`
+(one word per token, id = word index + ``WORD_ID_BASE``). Router and emulator use the same
+functions, so the router's prompt-length estimate is exact against the emulator; against real
+vLLM it is an estimate (words, not BPE tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass
+
+VOCAB_SIZE = 32000
+"""Token ids of the fake tokenizer are in ``[0, VOCAB_SIZE)``."""
+WORDS = ("The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and",
+         "runs", "far", "away", "into", "a", "green", "field")
+"""Generated text cycles through these words (one per token)."""
+WORD_ID_BASE = 100
+"""Token id of ``WORDS[0]`` in generated output."""
+DEFAULT_MAX_TOKENS = 16
+"""``max_tokens`` when a completions request gives none (OpenAI's and vLLM's default)."""
+DEFAULT_CHAT_MAX_TOKENS = 256
+"""``max_tokens`` when a chat request gives none (vLLM uses the rest of the context)."""
+DONE = b"data: [DONE]\n\n"
+"""The SSE frame that ends a stream."""
+
+
+class BadRequest(ValueError):
+    """A malformed request; ``field`` names the offending body field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class GenRequest:
+    """A validated generation request (the original body is kept for forwarding)."""
+
+    body: dict
+    """The client's JSON body, unchanged."""
+    chat: bool
+    """``/v1/chat/completions`` (True) or ``/v1/completions``."""
+    prompt_token_ids: list[int]
+    """The prompt as fake-tokenizer ids (exact when the client sent ids)."""
+    max_tokens: int
+    """Tokens to generate at most."""
+    stream: bool
+    """SSE response."""
+    include_usage: bool
+    """``stream_options.include_usage``: a final usage chunk."""
+    ignore_eos: bool
+    """Generate exactly ``max_tokens`` (the emulator never stops early anyway)."""
+    kv_transfer_params: dict | None
+    """vLLM's P/D hand-off parameters, opaque."""
+    return_token_ids: bool
+    """Put ``prompt_token_ids`` / ``token_ids`` in the response (newer vLLM)."""
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Prompt length, tokens."""
+        return len(self.prompt_token_ids)
+
+
+def tokenize(text: str) -> list[int]:
+    """Fake token ids of a string (one per whitespace-separated word)."""
+    return [zlib.crc32(w.encode()) % VOCAB_SIZE for w in text.split()]
+
+
+def render_chat(messages: list) -> str:
+    """The chat template of the fake tokenizer (``<|role|> content`` ... ``<|assistant|>``)."""
+    parts = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(f"messages[{i}]", "each message needs a string 'role'")
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content", "must be a string or a list of parts")
+        parts.append(f"<|{m['role']}|> {content}")
+    parts.append("<|assistant|>")
+    return " ".join(parts)
+
+
+def output_token_id(index: int) -> int:
+    """Token id of the ``index``-th generated token (0-based)."""
+    return WORD_ID_BASE + index % len(WORDS)
+
+
+def token_text(token_id: int, first: bool) -> str:
+    """Text of one generated token id (a leading space except on the first)."""
+    k = token_id - WORD_ID_BASE
+    word = WORDS[k] if 0 <= k < len(WORDS) else f"t{token_id}"
+    return word if first else " " + word
+
+
+def _int_field(body: dict, name: str, default: int | None, low: int) -> int | None:
+    v = body.get(name, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise BadRequest(name, f"must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def _bool_field(body: dict, name: str, default: bool = False) -> bool:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise BadRequest(name, f"must be true or false, got {v!r}")
+    return v
+
+
+def _prompt_ids(body: dict) -> list[int]:
+    if "prompt" not in body:
+        raise BadRequest("prompt", "is required for /v1/completions")
+    p = body["prompt"]
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+        p = p[0]  # a batch of one
+    if isinstance(p, str):
+        return tokenize(p)
+    if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool)
+                                         for t in p):
+        return list(p)
+    if isinstance(p, list) and p and all(isinstance(x, str | list) for x in p):
+        raise BadRequest("prompt", "batches of several prompts are not supported; send one "
+                                   "request per prompt")
+    raise BadRequest("prompt", "must be a string, a list of token ids, or a list of one of "
+                               "these")
+
+
+def parse_generation(body, chat: bool) -> GenRequest:
+    """Validate a generation body.
+
+    Args:
+        body: the parsed JSON body.
+        chat: whether it came to ``/v1/chat/completions``.
+
+    Returns:
+        The request.
+
+    Raises:
+        BadRequest: naming the first malformed field.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("body", "must be a JSON object")
+    if "model" in body and not isinstance(body["model"], str):
+        raise BadRequest("model", f"must be a string, got {body['model']!r}")
+    if chat:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("messages", "must be a non-empty list of messages")
+        ids = tokenize(render_chat(msgs))
+        max_tokens = _int_field(body, "max_completion_tokens", None, 1)
+        if max_tokens is None:
+            max_tokens = _int_field(body, "max_tokens", DEFAULT_CHAT_MAX_TOKENS, 1)
+    else:
+        ids = _prompt_ids(body)
+        max_tokens = _int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1)
+    if not ids:
+        raise BadRequest("messages" if chat else "prompt", "is empty (no tokens)")
+    if _int_field(body, "n", 1, 1) != 1:
+        raise BadRequest("n", "only n = 1 is supported")
+    if not isinstance(body.get("stream_options") or {}, dict):
+        raise BadRequest("stream_options", "must be an object")
+    opts = body.get("stream_options") or {}
+    kv = body.get("kv_transfer_params")
+    if kv is not None and not isinstance(kv, dict):
+        raise BadRequest("kv_transfer_params", "must be an object or null")
+    for name in ("temperature", "top_p"):
+        v = body.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise BadRequest(name, f"must be a number, got {v!r}")
+    return GenRequest(body=body, chat=chat, prompt_token_ids=ids, max_tokens=max_tokens,
+                      stream=_bool_field(body, "stream"),
+                      include_usage=_bool_field(opts, "include_usage"),
+                      ignore_eos=_bool_field(body, "ignore_eos"), kv_transfer_params=kv,
+                      return_token_ids=_bool_field(body, "return_token_ids"))
+
+
+# ---- response objects ----------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """An OpenAI ``usage`` object."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_chunk(rid: str, model: str, text: str | None, finish_reason: str | None = None,
+                     *, chat: bool, first: bool = False, created: int | None = None,
+                     token_ids: list[int] | None = None) -> dict:
+    """One streaming chunk (text or chat flavour)."""
+    created = created or int(time.time())
+    if chat:
+        delta: dict = {}
+        if first:
+            delta = {"role": "assistant", "content": ""}
+        elif text is not None:
+            delta = {"content": text}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None,
+                  "finish_reason": finish_reason, "stop_reason": None}
+        obj = "text_completion"
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    return {"id": rid, "object": obj, "created": created, "model": model,
+            "choices": [choice], "usage": None}
+
+
+def usage_chunk(rid: str, model: str, use: dict, *, chat: bool) -> dict:
+    """The final ``choices: []`` chunk of ``stream_options.include_usage``."""
+    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()), "model": model, "choices": [], "usage": use}
+
+
+def full_response(rid: str, model: str, text: str, finish_reason: str, use: dict, *,
+                  chat: bool, kv_transfer_params: dict | None = None,
+                  prompt_token_ids: list[int] | None = None,
+                  token_ids: list[int] | None = None) -> dict:
+    """A non-streaming completion; token ids are added when given (``return_token_ids``).
+
+    Completions put ``prompt_token_ids`` and ``token_ids`` in the choice; chat puts
+    ``prompt_token_ids`` at the top level and ``token_ids`` in the choice (newer vLLM).
+    """
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}
+        out = {"id": rid, "object": "chat.completion"}
+        if prompt_token_ids is not None:
+            out["prompt_token_ids"] = prompt_token_ids
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason,
+                  "stop_reason": None}
+        if prompt_token_ids is not None:
+            choice["prompt_token_ids"] = prompt_token_ids
+        out = {"id": rid, "object": "text_completion"}
+    if token_ids is not None:
+        choice["token_ids"] = token_ids
+    out.update({"created": int(time.time()), "model": model, "choices": [choice],
+                "usage": use, "kv_transfer_params": kv_transfer_params})
+    return out
+
+
+def error_body(message: str, code: int, err_type: str = "BadRequestError",
+               param: str | None = None) -> dict:
+    """The error object vLLM returns."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code},
+            "object": "error", "message": message, "type": err_type, "code": code}
+
+
+def sse(obj: dict) -> bytes:
+    """One SSE event."""
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def chunk_text(chunk: dict) -> str:
+    """Generated text carried by a streaming chunk (either flavour; '' if none)."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    c = choices[0]
+    if "delta" in c:
+        return (c.get("delta") or {}).get("content") or ""
+    return c.get("text") or ""
+
+
+def response_text(resp: dict) -> str:
+    """Generated text of a non-streaming response (either flavour)."""
+    c = (resp.get("choices") or [{}])[0]
+    if "message" in c:
+        return (c.get("message") or {}).get("content") or ""
+    return c.get("text") or ""
+
+
+def response_token_ids(resp: dict) -> tuple[list[int] | None, list[int] | None]:
+    """``(prompt_token_ids, token_ids)`` of a non-streaming response, None when absent."""
+    c = (resp.get("choices") or [{}])[0]
+    return c.get("prompt_token_ids", resp.get("prompt_token_ids")), c.get("token_ids")
