@@ -48,7 +48,8 @@ def run_env(env: RoutingEnv, policy: str, steps: int, seed: int = 0) -> tuple[fl
             else:
                 d = router(env.sim.view(), env.pending_request)
                 action = (d.lead, d.follow, 0 if d.split_tokens == 1 else 4)
-            obs, _, done, _, _ = env.step(action)
+            obs, _, term, trunc, _ = env.step(action)
+            done = term or trunc
             done_steps += 1
     return time.perf_counter() - t0, done_steps
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class TrainConfig:
     """Seeds the policy's initialisation and every training episode."""
     eval_every_steps: int = 20_000
     """Evaluate (and keep the best checkpoint) every this many steps; 0 = never."""
-    eval_episodes: int = 4
+    eval_episodes: int = 8
     """Episodes per periodic evaluation."""
     checkpoint_every_steps: int = 50_000
     """Save a checkpoint every this many steps; 0 = never."""
@@ -196,15 +196,27 @@ def train_policy(env_cfg: EnvConfig, policy: PolicyConfig, cfg: TrainConfig, out
             save_freq=max(cfg.checkpoint_every_steps // cfg.n_envs, 1),
             save_path=str(out / "checkpoints"), name_prefix=policy.name))
     if cfg.eval_every_steps:
-        eval_env = make_vec_env(env_cfg, 1, cfg.seed + 10_000, "dummy")
+        # model selection on drained episodes (every outcome paid), on seeds of their own
+        eval_cfg = replace(env_cfg, episode=replace(env_cfg.episode, end="drain"))
+        eval_env = make_vec_env(eval_cfg, 1, cfg.seed + 10_000, "dummy")
         if policy.algo == "MaskablePPO":
             from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback as Eval
+            from sb3_contrib.common.maskable.evaluation import evaluate_policy
         else:
             from stable_baselines3.common.callbacks import EvalCallback as Eval
-        callbacks.append(Eval(eval_env, n_eval_episodes=cfg.eval_episodes,
-                              eval_freq=max(cfg.eval_every_steps // cfg.n_envs, 1),
-                              best_model_save_path=str(out / "best"), deterministic=True,
-                              verbose=0))
+            from stable_baselines3.common.evaluation import evaluate_policy
+        ev = Eval(eval_env, n_eval_episodes=cfg.eval_episodes,
+                  eval_freq=max(cfg.eval_every_steps // cfg.n_envs, 1),
+                  best_model_save_path=str(out / "best"), deterministic=True, verbose=0)
+        if reset_steps and cfg.warm_start:
+            # the cloned policy is a candidate too: PPO must beat it to replace it
+            mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=cfg.eval_episodes,
+                                      deterministic=True)
+            ev.best_mean_reward = float(mean)
+            (out / "best").mkdir(parents=True, exist_ok=True)
+            model.save(out / "best" / "best_model.zip")
+            logger.info("warm-started policy: mean evaluation return %.1f", mean)
+        callbacks.append(ev)
     remaining = cfg.total_timesteps - (0 if reset_steps else model.num_timesteps)
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callbacks, tb_log_name=policy.name,
@@ -248,7 +260,8 @@ def check_parity(model, onnx_path: Path, env_cfg: EnvConfig, n: int = 1000,
         mask = env.action_masks()
         a_sb3 = np.asarray(act(obs, mask))
         same += bool(np.array_equal(onnx.act(obs, mask), a_sb3))
-        obs, _, done, _, _ = env.step(env.action_space.sample())
+        obs, _, term, trunc, _ = env.step(env.action_space.sample())
+        done = term or trunc
         if done:
             obs, _ = env.reset(seed=seed + i + 1)
     return same / n
