@@ -574,15 +574,18 @@ class Instance:
         self._run_crossing = crossing
         self._run_seqs = seqs
         # Blocks: the empty ones are taken now; beyond them the run may evict cached entries,
-        # which it does lazily (settle_decode_run) so that exactly the entries one-by-one
-        # iterations would have evicted by then are gone. It never evicts entries the
-        # waiting queue's head would reuse (that could make the head admissible mid-run), nor
-        # while members still offer prompt blocks to the cache (evictions would let them).
+        # which it does lazily (shrink_decode_run / finish_decode_run) so that exactly the
+        # entries one-by-one iterations would have evicted by then are gone. Not while members
+        # still offer prompt blocks to the cache (evictions would let them register). Evicting
+        # prefix entries of the waiting queue's head shrinks its hit; with
+        # scheduler_reserve_full_isl its admission test (whole sequence + pinned blocks <=
+        # free) then only gets harder, so only without it are the head's entries kept.
         empty = kv.num_blocks - kv.num_used - kv.num_evictable
         cap = empty
         want = seqs * (k // bs) + crossing[k % bs]
         if want > empty and kv.num_evictable and not self._register_pending:
-            cap += kv.evictable_before(want - empty, self._head_keys)
+            keep = () if self.cfg.scheduler_reserve_full_isl else self._head_keys
+            cap += kv.evictable_before(want - empty, keep)
         if want > cap:
             k = min(k, (cap // seqs) * bs + bs - 1)
             while k > 0 and seqs * (k // bs) + crossing[k % bs] > cap:
