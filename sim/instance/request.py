@@ -12,6 +12,11 @@ Tandem serving (DynaServe) splits the outputs at ``split_tokens``: the Lead inst
 and samples outputs 1..split, then the KV of ``prompt + split - 1`` tokens moves to the Follow
 instance, which samples the rest. ``split_tokens >= max_output_tokens`` is colocation, 1 is
 disaggregation (DistServe).
+
+While a request sits in an instance's aggregated decode batch its ``num_computed_tokens``,
+``num_output_tokens`` and ``num_blocks`` are lazy: the instance advances one batch counter per
+iteration and writes the request's counters back when it leaves the batch (stop, preemption)
+or when ``Instance.running`` is read.
 """
 
 from __future__ import annotations
