@@ -301,10 +301,10 @@ class Emulator:
             kind, val = await seq.events.get()
             if kind == "end":
                 break
-            ids.append(oa.output_token_id(val - 1))
+            ids.append(oa.output_token_id(seq.num_prompt_tokens + val - 1))
         loop_s = asyncio.get_running_loop().time()
         self._observe(seq, loop_s, loop_s, val)
-        text = "".join(oa.token_text(t, i == 0) for i, t in enumerate(ids))
+        text = "".join(oa.token_text(t) for t in ids)
         prefix = "chatcmpl-" if req.chat else "cmpl-"
         want_ids = req.return_token_ids
         body = oa.full_response(prefix + seq.rid, model, text, val,
@@ -335,9 +335,9 @@ class Emulator:
             if val > 1:
                 self.metrics.itl.labels(**self.metrics.labels).observe(now_s - last_s)
             last_s = now_s
-            tid = oa.output_token_id(val - 1)
+            tid = oa.output_token_id(seq.num_prompt_tokens + val - 1)
             await resp.write(oa.sse(oa.completion_chunk(
-                rid, model, oa.token_text(tid, val == 1), chat=req.chat,
+                rid, model, oa.token_text(tid), chat=req.chat,
                 token_ids=[tid] if want_ids else None)))
             if drop and val >= drop:
                 logger.warning("injected fault: dropping the stream of %s after %d tokens",

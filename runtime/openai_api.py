@@ -8,9 +8,9 @@ and 4.1).
 The fake tokenizer: a prompt string is split on whitespace and every word is one token, with
 id ``crc32(word) % VOCAB_SIZE``; a chat is rendered as ``<|role|> content`` per message plus
 ``<|assistant|>`` and tokenized the same way. Generated text cycles through :data:`WORDS`
-(one word per token, id = word index + ``WORD_ID_BASE``). Router and emulator use the same
-functions, so the router's prompt-length estimate is exact against the emulator; against real
-vLLM it is an estimate (words, not BPE tokens).
+(one word per token, chosen by the token's position in the sequence). Router and emulator use
+the same functions, so the router's prompt-length estimate is exact against the emulator;
+against real vLLM it is an estimate (words, not BPE tokens).
 """
 
 from __future__ import annotations
@@ -95,16 +95,19 @@ def render_chat(messages: list) -> str:
     return " ".join(parts)
 
 
-def output_token_id(index: int) -> int:
-    """Token id of the ``index``-th generated token (0-based)."""
-    return WORD_ID_BASE + index % len(WORDS)
+def output_token_id(position: int) -> int:
+    """Token id generated at sequence position ``position`` (prompt tokens count).
+
+    A function of the position only, so a Follow continuing from prompt + k tokens produces
+    exactly the text a colocated run would.
+    """
+    return WORD_ID_BASE + position % len(WORDS)
 
 
-def token_text(token_id: int, first: bool) -> str:
-    """Text of one generated token id (a leading space except on the first)."""
+def token_text(token_id: int) -> str:
+    """Text of one generated token id: a space and a word."""
     k = token_id - WORD_ID_BASE
-    word = WORDS[k] if 0 <= k < len(WORDS) else f"t{token_id}"
-    return word if first else " " + word
+    return " " + (WORDS[k] if 0 <= k < len(WORDS) else f"t{token_id}")
 
 
 def _int_field(body: dict, name: str, default: int | None, low: int) -> int | None:

@@ -1,0 +1,185 @@
+"""One request leg to one backend: body rewriting per protocol, calls, and failure kinds.
+
+One job: build the bodies of the protocol notes' legs and run them, turning every way a
+backend can fail into :class:`LegError` (``kind`` in :data:`FAILURE_KINDS`) or
+:class:`BackendRejected` (a 4xx the client should see).
+
+Legs (protocol notes 1.3, 1.5, 7):
+
+- prefill / Lead: the client body with ``kv_transfer_params = {do_remote_decode: true, ...}``,
+  ``stream`` false, no ``stream_options``, ``max_tokens`` (and ``max_completion_tokens`` if
+  present) = k (1 for disaggregation), ``ignore_eos`` true, ``stop``/``stop_token_ids``/
+  ``min_tokens``/``min_completion_tokens`` removed, plus ``return_token_ids`` for k > 1;
+- decode (k = 1): the client body unchanged plus the Lead's ``kv_transfer_params`` verbatim;
+- Follow (k > 1): ``/v1/completions`` with ``prompt`` = the Lead's prompt token ids + its k
+  output token ids, ``max_tokens`` = N - k, the client's sampling fields, the Lead's
+  ``kv_transfer_params`` verbatim, ``stream_options.include_usage`` on (the router sums usage).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+FAILURE_KINDS = ("refused", "timeout", "status_5xx", "stream_dropped", "null_kv_params",
+                 "bad_response")
+"""Why a leg failed (label of ``baton_router_retries_total``)."""
+PREFILL_KV_PARAMS = {"do_remote_decode": True, "do_remote_prefill": False,
+                     "remote_engine_id": None, "remote_block_ids": None, "remote_host": None,
+                     "remote_port": None}
+"""What the prefill leg asks for (NixlConnector)."""
+_STRIP_ON_LEAD = ("stream_options", "stop", "stop_token_ids", "min_tokens",
+                  "min_completion_tokens")
+_CHAT_ONLY = ("messages", "max_completion_tokens", "tools", "tool_choice", "response_format",
+              "logprobs", "top_logprobs", "chat_template_kwargs", "add_generation_prompt",
+              "continue_final_message", "echo", "stream_options", "return_token_ids",
+              "min_completion_tokens", "parallel_tool_calls", "chat_template", "documents")
+
+
+class LegError(Exception):
+    """A backend failed a leg; the router may retry elsewhere if nothing reached the client."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+class BackendRejected(Exception):
+    """A backend answered 4xx: the request itself is at fault; relay status and body."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"backend answered {status}")
+        self.status = status
+        self.body = body
+
+
+def lead_body(body: dict, k: int, token_ids: bool) -> dict:
+    """The prefill/Lead leg's body (k output tokens, hand-off requested)."""
+    out = {key: v for key, v in body.items() if key not in _STRIP_ON_LEAD}
+    out.update(stream=False, max_tokens=k, ignore_eos=True,
+               kv_transfer_params=dict(PREFILL_KV_PARAMS))
+    if "max_completion_tokens" in body:
+        out["max_completion_tokens"] = k
+    if token_ids:
+        out["return_token_ids"] = True
+    return out
+
+
+def decode_body(body: dict, kv_params: dict) -> dict:
+    """The decode leg (k = 1): the client's body plus the producer's params, verbatim."""
+    return {**body, "kv_transfer_params": kv_params}
+
+
+def follow_body(body: dict, token_prompt: list[int], max_tokens: int, k: int,
+                kv_params: dict | None) -> dict:
+    """The Follow leg (k > 1) on ``/v1/completions`` (see the module docstring)."""
+    out = {key: v for key, v in body.items() if key not in _CHAT_ONLY}
+    out.update(prompt=token_prompt, max_tokens=max_tokens,
+               stream_options={"include_usage": True})
+    if kv_params is not None:
+        out["kv_transfer_params"] = kv_params
+    else:
+        out.pop("kv_transfer_params", None)
+    if "min_tokens" in body:
+        out["min_tokens"] = max(0, int(body["min_tokens"]) - k)
+    return out
+
+
+def _classify(e: BaseException) -> LegError:
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return LegError("refused", str(e))
+    if isinstance(e, TimeoutError):
+        return LegError("timeout", "no answer within the backend timeout")
+    if isinstance(e, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return LegError("stream_dropped", str(e))
+    return LegError("bad_response", repr(e))
+
+
+async def _check_status(r: aiohttp.ClientResponse) -> None:
+    if r.status >= 500:
+        raise LegError("status_5xx", f"{r.status}: {(await r.text())[:200]}")
+    if r.status >= 400:
+        raise BackendRejected(r.status, await r.read())
+
+
+async def call_json(session: aiohttp.ClientSession, url: str, body: dict,
+                    headers: dict) -> dict:
+    """A non-streaming leg; returns the parsed response.
+
+    Raises:
+        LegError: refused, timeout, 5xx, dropped connection or unparsable body.
+        BackendRejected: a 4xx answer.
+    """
+    try:
+        async with session.post(url, json=body, headers=headers) as r:
+            await _check_status(r)
+            data = await r.read()  # read and close the whole body (protocol notes 1.3)
+    except (LegError, BackendRejected):
+        raise
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise _classify(e) from e
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise LegError("bad_response", f"not JSON: {data[:100]!r}") from e
+
+
+class Stream:
+    """An open streaming leg: iterate :meth:`events` for ``(raw bytes, payload)`` pairs."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+
+    async def events(self) -> AsyncIterator[tuple[bytes, dict | None]]:
+        """SSE events; payload None for ``[DONE]`` (always last).
+
+        Raises:
+            LegError: ``stream_dropped`` when the stream ends without ``[DONE]`` or the
+                connection breaks, ``timeout`` when the backend goes silent.
+        """
+        buf = b""
+        try:
+            async for line in self.resp.content:
+                if not line.strip():
+                    continue
+                if not line.startswith(b"data:"):
+                    continue  # comments / pings
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    yield b"data: [DONE]\n\n", None
+                    return
+                try:
+                    payload = json.loads(buf + data)
+                except ValueError:
+                    buf += data
+                    continue
+                buf = b""
+                yield b"data: " + data + b"\n\n", payload
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise _classify(e) from e
+        raise LegError("stream_dropped", "stream ended without [DONE]")
+
+    def close(self) -> None:
+        """Drop the connection (the backend aborts the request)."""
+        self.resp.close()
+
+
+async def open_stream(session: aiohttp.ClientSession, url: str, body: dict,
+                      headers: dict) -> Stream:
+    """Start a streaming leg (status checked).
+
+    Raises:
+        LegError, BackendRejected: as :func:`call_json`.
+    """
+    try:
+        r = await session.post(url, json=body, headers=headers)
+    except (TimeoutError, aiohttp.ClientError) as e:
+        raise _classify(e) from e
+    try:
+        await _check_status(r)
+    except BaseException:
+        r.close()
+        raise
+    return Stream(r)

@@ -1,0 +1,147 @@
+"""The router in front of real emulator processes: the three modes, streaming and not."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from .conftest import fixed_policy, post, stream, text_of
+
+BODY = {"model": "m", "prompt": "one two three four five six seven eight", "max_tokens": 8}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def emus(module_procs):
+    return [module_procs.emulator() for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def urls(emus):
+    return [e.url for e in emus]
+
+
+def router_metrics(url: str) -> dict[str, float]:
+    """``name{labels}`` -> value of the router's own counters."""
+    with urllib.request.urlopen(url + "/metrics") as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("baton_router") and "_created" not in line:
+            key, val = line.rsplit(" ", 1)
+            out[key] = float(val)
+    return out
+
+
+def outcome_count(url: str, outcome: str, mode: str | None = None) -> float:
+    return sum(v for k, v in router_metrics(url).items()
+               if k.startswith("baton_router_requests_total") and f'outcome="{outcome}"' in k
+               and (mode is None or f'mode="{mode}"' in k))
+
+
+def state(url: str) -> dict:
+    import json
+
+    with urllib.request.urlopen(url + "/emulator/state") as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def direct(urls):
+    """What one emulator answers directly (the reference text)."""
+    _, r = post(urls[2] + "/v1/completions", BODY)
+    _, chat = post(urls[2] + "/v1/chat/completions", CHAT)
+    return r, chat
+
+
+def test_colocated_streaming_and_not(module_procs, urls, direct):
+    router = module_procs.router(urls, "--heuristic", "round_robin")
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 200 and r["choices"][0]["text"] == direct[0]["choices"][0]["text"]
+    assert r["usage"] == direct[0]["usage"]
+    status, ev, _ = stream(router.url + "/v1/chat/completions",
+                           {**CHAT, "stream_options": {"include_usage": True}})
+    assert status == 200 and ev[-1] == "[DONE]"
+    assert text_of(ev) == direct[1]["choices"][0]["message"]["content"]
+    assert ev[-2]["usage"] == direct[1]["usage"]
+    status, models = post_get_json(router.url + "/v1/models")
+    assert status == 200 and models["data"][0]["id"] == "m"
+    assert outcome_count(router.url, "ok", "colocated") == 2
+
+
+def test_disaggregated_hands_kv_over(module_procs, urls, direct, tmp_path):
+    pol = fixed_policy(tmp_path / "p", ["prefill", "decode", "unified"], 0, 1, mode="disaggregated")
+    router = module_procs.router(urls, "--policy", str(pol))
+    before = [state(u)["num_iterations"] for u in urls]
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 200 and r["choices"][0]["text"] == direct[0]["choices"][0]["text"]
+    assert r["usage"]["completion_tokens"] == 8
+    status, ev, _ = stream(router.url + "/v1/completions",
+                           {**BODY, "stream_options": {"include_usage": True}},
+                           headers={"X-Request-Id": "client-id-7"})
+    assert text_of(ev) == direct[0]["choices"][0]["text"]
+    assert ev[0]["id"] == "cmpl-client-id-7"  # one X-Request-Id across legs
+    assert ev[-2]["usage"] == direct[0]["usage"]
+    after = [state(u) for u in urls]
+    assert after[0]["num_iterations"] - before[0] == 2  # one prefill iteration per request
+    assert after[1]["num_iterations"] - before[1] >= 2 * 8  # every output on the decode side
+    assert after[0]["num_pinned"] == 0 and after[0]["kv_used_blocks"] == 0
+    assert outcome_count(router.url, "ok", "disaggregated") == 2
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_tandem_matches_colocated_output(module_procs, urls, direct, tmp_path, chat):
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 3, 0, 1, split_bin=2)  # 50%: k = 4
+    router = module_procs.router(urls, "--policy", str(pol))
+    path, body = ("/v1/chat/completions", CHAT) if chat else ("/v1/completions", BODY)
+    ref = direct[1 if chat else 0]
+    ref_text = ref["choices"][0]["message"]["content"] if chat else ref["choices"][0]["text"]
+    status, r = post(router.url + path, body)
+    got = r["choices"][0]["message"]["content"] if chat else r["choices"][0]["text"]
+    assert status == 200 and got == ref_text and r["usage"] == ref["usage"]
+    status, ev, _ = stream(router.url + path, {**body, "stream_options": {"include_usage": True}})
+    assert status == 200 and text_of(ev) == ref_text and ev[-1] == "[DONE]"
+    assert ev[-2]["usage"] == ref["usage"]
+    finish = [e["choices"][0]["finish_reason"] for e in ev if isinstance(e, dict) and e["choices"]]
+    assert finish[-1] == "length" and finish.count("length") == 1
+    assert state(urls[0])["num_pinned"] == 0
+    assert outcome_count(router.url, "ok", "tandem") == 2
+
+
+def test_malformed_and_auth(module_procs, urls):
+    router = module_procs.router(urls, "--api-key", "sekret")
+    key = {"Authorization": "Bearer sekret"}
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 401
+    status, r = post(router.url + "/v1/completions", {"model": "m", "prompt": "a",
+                                                      "max_tokens": -3}, key)
+    assert status == 400 and r["error"]["param"] == "max_tokens"
+    status, r = post(router.url + "/v1/chat/completions", {"model": "m", "messages": []}, key)
+    assert status == 400 and "messages" in r["error"]["message"]
+    req = urllib.request.Request(router.url + "/v1/completions", data=b"{not json",
+                                 method="POST", headers=key)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req)
+    assert e.value.code == 400
+    status, r = post(router.url + "/v1/completions", BODY, key)
+    assert status == 200
+    assert outcome_count(router.url, "bad_request") == 3
+    assert outcome_count(router.url, "unauthorized") == 1
+
+
+def test_api_key_passes_through(procs):
+    emu = procs.emulator("unified", "--api-key", "k2")
+    router = procs.router([emu.url], "--backend-api-key", "k2")  # scrapes with the key too
+    status, _ = post(router.url + "/v1/completions", BODY)
+    assert status == 200
+    router2 = procs.router([emu.url])  # the client's header is forwarded
+    assert post(router2.url + "/v1/completions", BODY, {"Authorization": "Bearer k2"})[0] == 200
+    assert post(router2.url + "/v1/completions", BODY)[0] == 401
+
+
+def post_get_json(url: str):
+    import json
+
+    with urllib.request.urlopen(url) as r:
+        return r.status, json.loads(r.read())
