@@ -152,11 +152,10 @@ def run(cfg: TrainAppConfig, out_dir: str | Path) -> dict:
         policies = {cfg.policy.name: lambda: make_heuristic(cfg.policy.name, cfg.train.seed),
                     **policies}
     scn = Scenario(cfg.model, cfg.hardware, cfg.cluster, cfg.sim, cfg.slo)
-    workloads = {cfg.workload.name: cfg.workload,
-                 f"{cfg.other_workload.name}": cfg.other_workload}
-    if len(workloads) < 2:
-        workloads = {f"{cfg.workload.name}": cfg.workload,
-                     f"{cfg.other_workload.name}_other": cfg.other_workload}
+    other = cfg.other_workload.name
+    if other == cfg.workload.name:  # same conf with other settings: keep both rows apart
+        other += "_other"
+    workloads = {cfg.workload.name: cfg.workload, other: cfg.other_workload}
     t0 = time.perf_counter()
     runs = evaluate(scn, workloads, policies, cfg.eval, progress=_progress())
     summary["eval_wall_s"] = time.perf_counter() - t0
