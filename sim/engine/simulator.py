@@ -221,8 +221,23 @@ class Simulator:
         return list(map(_QUEUED, self.instances))
 
     def _kv_used_all(self) -> list[int]:
-        kv_used = self._kv_used
-        return [kv_used(k) for k in range(len(self.instances))]
+        """:meth:`_kv_used` of every instance (inlined: routers read it at every arrival)."""
+        out = []
+        now = self.now_s
+        for inst, op in zip(self.instances, self._ops, strict=True):
+            used = inst.kv.num_used
+            line = op.line
+            if line is not None and inst.busy:
+                used += inst.run_owed_blocks
+                j = iters_within(line, now - op.start_s) + 1
+                k = op.k_done
+                if j < k:
+                    bs = inst.kv.block_size
+                    seqs, crossing = inst._run_seqs, inst._run_crossing
+                    used -= (seqs * (k // bs) + crossing[k % bs]
+                             - seqs * (j // bs) - crossing[j % bs])
+            out.append(used)
+        return out
 
     def _num_transfers_in(self) -> list[int]:
         return list(map(add, map(_TRANSFERS_IN, self.instances), map(len, self._q_pending)))
