@@ -1,0 +1,144 @@
+"""Injected faults: every failure is retried before the first token or reported, and counted."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from .conftest import PY, fixed_policy, free_port, post, stream, text_of
+from .test_router import BODY, outcome_count, router_metrics
+
+
+def set_faults(url: str, **faults) -> None:
+    req = urllib.request.Request(url + "/emulator/faults", data=json.dumps(faults).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req).read()
+
+
+def retries(url: str, reason: str) -> float:
+    return router_metrics(url).get(f'baton_router_retries_total{{reason="{reason}"}}', 0.0)
+
+
+def test_refused_connection_is_retried_elsewhere(procs, tmp_path):
+    a, b = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)  # always colocated on a
+    router = procs.router([a.url, b.url], "--policy", str(pol), "--scrape-interval-s", "60")
+    procs.kill(a)  # the router still believes a is healthy (no scrape for 60 s)
+    status, ev, _ = stream(router.url + "/v1/completions", BODY)
+    assert status == 200 and ev[-1] == "[DONE]" and text_of(ev)
+    assert retries(router.url, "refused") == 1
+    status, r = post(router.url + "/v1/completions", BODY)  # a is cooling down: no retry
+    assert status == 200 and retries(router.url, "refused") == 1
+    assert outcome_count(router.url, "ok") == 2
+
+
+def test_5xx_and_null_kv_params_fall_back(procs, tmp_path):
+    p, d = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["prefill", "decode"], 0, 1, mode="disaggregated")
+    router = procs.router([p.url, d.url], "--policy", str(pol), "--cooldown-s", "0")
+    set_faults(p.url, null_kv_params=True)
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 200 and r["usage"]["completion_tokens"] == 8
+    assert retries(router.url, "null_kv_params") == 1
+    assert json.loads(urllib.request.urlopen(p.url + "/emulator/state").read())[
+        "num_pinned"] == 0
+    set_faults(p.url, null_kv_params=False, status=503)
+    status, ev, _ = stream(router.url + "/v1/completions", BODY)
+    assert status == 200 and ev[-1] == "[DONE]"
+    assert retries(router.url, "status_5xx") == 1
+    set_faults(d.url, status=500)  # nobody can serve: 502 after the tries, counted
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 502 and "no backend" in r["error"]["message"]
+    assert outcome_count(router.url, "failed") == 1
+    assert outcome_count(router.url, "ok") == 2
+
+
+def test_slow_backend_times_out_and_is_retried(procs, tmp_path):
+    slow, fast = procs.emulator("unified", "--slowdown", "200"), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)
+    router = procs.router([slow.url, fast.url], "--policy", str(pol),
+                          "--backend-timeout-s", "0.5")
+    t0 = time.monotonic()
+    status, r = post(router.url + "/v1/completions", BODY)
+    assert status == 200 and time.monotonic() - t0 < 5
+    assert retries(router.url, "timeout") == 1
+
+
+def test_backend_killed_mid_stream_ends_with_error_event(procs, tmp_path):
+    a, b = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)
+    router = procs.router([a.url, b.url], "--policy", str(pol))
+    got: dict = {}
+
+    def client():
+        got["result"] = stream(router.url + "/v1/completions", {**BODY, "max_tokens": 400})
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(1.0)  # ~60 tokens streamed by then
+    procs.kill(a)
+    t.join(timeout=20)
+    assert not t.is_alive(), "the client hung"
+    status, ev, _ = got["result"]
+    assert status == 200 and len(text_of(ev).split()) < 400
+    assert "error" in ev[-2] and ev[-1] == "[DONE]"
+    assert outcome_count(router.url, "stream_error") == 1
+
+
+def test_stream_dropped_before_any_token_is_retried(procs, tmp_path):
+    a, b = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)
+    router = procs.router([a.url, b.url], "--policy", str(pol))
+    set_faults(a.url, drop_after_tokens=3)
+    status, ev, _ = stream(router.url + "/v1/completions", BODY)
+    # tokens left a before the drop, so the router could not retry: error event
+    assert status == 200 and "error" in ev[-2]
+    assert retries(router.url, "stream_dropped") == 1
+    assert outcome_count(router.url, "stream_error") == 1
+
+
+def test_overload_answers_429_and_no_backend_503(procs):
+    emu = procs.emulator()
+    router = procs.router([emu.url], "--max-inflight", "1")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        post(router.url + "/v1/completions", {**BODY, "max_tokens": 60})[0])) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=20)
+    assert sorted(results) == [200, 429]
+    assert outcome_count(router.url, "rejected_overload") == 1
+    procs.kill(emu)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        status, r = post(router.url + "/v1/completions", BODY)
+        if status == 503:
+            break
+        time.sleep(0.2)
+    assert status == 503 and "no healthy backend" in r["error"]["message"]
+
+
+def test_router_against_xpyd_sim(procs):
+    """A third-party OpenAI-compatible emulator (no vLLM metric names; colocated)."""
+    port = free_port()
+    sim = procs.start([str(Path(PY).parent / "xpyd-sim"), "serve",
+                       "--mode", "dual", "--host", "127.0.0.1", "--port", str(port),
+                       "--model", "m", "--prefill-delay-ms", "5",
+                       "--decode-delay-per-token-ms", "2"],
+                      f"http://127.0.0.1:{port}/health", "xpyd")
+    assert sim.poll() is None
+    router = procs.router([f"http://127.0.0.1:{port}"], "--heuristic", "join_shortest_queue")
+    body = {**BODY, "ignore_eos": True}
+    status, r = post(router.url + "/v1/completions", body)
+    assert status == 200 and r["usage"]["completion_tokens"] == 8
+    status, ev, _ = stream(router.url + "/v1/chat/completions",
+                           {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                            "max_tokens": 5, "ignore_eos": True,
+                            "stream_options": {"include_usage": True}})
+    assert status == 200 and ev[-1] == "[DONE]" and ev[-2]["usage"]["completion_tokens"] == 5
+    assert outcome_count(router.url, "ok") == 2
