@@ -124,11 +124,12 @@ def run_policy(scn: Scenario, workload: Workload, router, pred_seed: int) -> dic
 
 def evaluate(scn: Scenario, workloads: dict[str, WorkloadConfig],
              policies: dict[str, PolicyFactory], cfg: EvalConfig,
-             progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+             progress: Callable[[int, int, str], None] | None = None) -> pd.DataFrame:
     """Run every policy on every workload, seed and rate; one row per run.
 
     Columns: policy, workload, seed, rate_scale, rate_per_s, slo_attainment, ttft/tpot
-    percentiles, counts, wall_s.
+    percentiles, counts, wall_s. ``progress(done, total, label)`` is called after each
+    (workload, seed, policy).
     """
     rows = []
     total = len(workloads) * len(cfg.seeds) * len(policies)
@@ -151,7 +152,7 @@ def evaluate(scn: Scenario, workloads: dict[str, WorkloadConfig],
                         **{k: v for k, v in s.items() if not isinstance(v, dict)}})
                 done += 1
                 if progress:
-                    progress(f"{done}/{total} {wname} seed {seed} {pname}")
+                    progress(done, total, f"{wname} seed {seed} {pname}")
     return pd.DataFrame(rows)
 
 

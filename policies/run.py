@@ -86,18 +86,19 @@ class TrainAppConfig:
 
 
 def _progress():
+    """A tqdm bar fed by :func:`policies.evaluate.evaluate`'s progress callback."""
     from tqdm import tqdm
 
-    bar = {"b": None}
+    bar = None
 
-    def update(msg: str) -> None:
-        done, total = (int(x) for x in msg.split()[0].split("/"))
-        if bar["b"] is None:
-            bar["b"] = tqdm(total=total, desc="evaluate", unit="policy-seed")
-        bar["b"].set_postfix_str(" ".join(msg.split()[1:]))
-        bar["b"].update(1)
+    def update(done: int, total: int, label: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="evaluate", unit="policy-seed")
+        bar.set_postfix_str(label)
+        bar.update(1)
         if done == total:
-            bar["b"].close()
+            bar.close()
 
     return update
 
