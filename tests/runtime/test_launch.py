@@ -50,5 +50,7 @@ def test_emulate_starts_cluster_and_router_with_one_command(tmp_path):
     for inst in plan["instances"]:  # every child stopped: ports free again
         import socket
 
-        with socket.socket() as s:
+        with socket.socket() as s:  # REUSEADDR: TIME_WAIT is fine, a listener is not
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", inst["port"]))
+            s.listen()
