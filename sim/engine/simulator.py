@@ -12,7 +12,11 @@ one per pipeline latency).
 
 Decode-only stretches run in closed form (:mod:`sim.engine.decode_run`): an instance whose
 batch cannot change until its first member stops plans ``k`` iterations as one event. An
-arrival or a KV hand-in routed to it cuts the run at the iteration in flight.
+arrival or a KV hand-in routed to it cuts the run at the iteration in flight. A run takes its
+KV blocks from the empty ones at once and, beyond them, evicts cached entries lazily: the run
+is settled (its evictions applied, LRU first) when it ends or is cut, and before any other
+change to that instance's KV cache (a release, a registration, a pulled hand-in), so the
+cache always ends up as one-event-per-iteration simulation leaves it.
 
 Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
 environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
@@ -547,7 +551,10 @@ class Simulator:
         _, r = link.next_done()
         link.pop(r, self.now_s)
         lead, follow = self.instances[r.lead], self.instances[r.follow]
-        self._touch(r.lead)  # before the release: a decode run there settles its blocks first
+        if lead.waiting or lead.run_owed_blocks or not lead.busy:
+            # freed blocks may admit a waiting request; a decode run there also settles its
+            # evictions before the release. With nothing waiting, a run goes on unchanged.
+            self._touch(r.lead)
         lead.release_blocks(r)
         lead.num_transfers_out -= 1
         r.num_blocks = follow.kv.blocks_for(r.num_computed_tokens)
