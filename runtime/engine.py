@@ -30,6 +30,9 @@ from sim.perf import LatencyBackend
 
 logger = logging.getLogger(__name__)
 
+MAX_CATCH_UP_S = 0.005
+"""Lateness of an iteration start (after the previous planned end) absorbed, seconds."""
+
 
 @dataclass(eq=False)
 class Seq:
@@ -150,10 +153,12 @@ class EmulatedEngine:
     async def run(self) -> None:
         """Step forever: schedule, sleep the iteration time, emit tokens."""
         loop = asyncio.get_running_loop()
+        end_s = -1.0  # planned end of the previous iteration (-1: the engine was idle)
         while True:
             self._expire_pinned(loop.time())
             batch = self._schedule(loop.time())
             if not batch:
+                end_s = -1.0
                 self._wake.clear()
                 timeout = 1.0 if self.pinned else None
                 try:
@@ -161,10 +166,16 @@ class EmulatedEngine:
                 except TimeoutError:
                     pass
                 continue
-            start_s = loop.time()
+            now_s = loop.time()
+            # back-to-back iterations start at the previous planned end, so the Python time
+            # spent between iterations and sleep overshoot do not stretch the modelled time
+            # (the model's engine overhead already covers vLLM's own CPU time); capped so a
+            # stall is not paid back by zero-length iterations
+            start_s = end_s if 0 <= now_s - end_s <= MAX_CATCH_UP_S else now_s
             dt_s = self._iteration_time_s(batch) * self.slowdown
-            await asyncio.sleep(max(start_s + dt_s - loop.time(), 0.0))
-            self._complete(batch, loop.time())
+            end_s = start_s + dt_s
+            await asyncio.sleep(max(end_s - loop.time(), 0.0))
+            self._complete(batch, max(loop.time(), end_s))
             self.num_iterations += 1
 
     def _schedule(self, now_s: float) -> list[tuple[Seq, int]]:
