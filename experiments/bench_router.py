@@ -7,8 +7,16 @@
   format) and for the ``dynaserve`` heuristic;
 - added latency: one emulator and one router on 127.0.0.1; ``--requests`` sequential
   non-streaming requests (``max_tokens`` 1) sent directly and through the router, alternating;
-  p50/p99 of each and the difference of the medians. Closed loop, one request at a time (no
-  fixed arrival rate).
+  p50/p99 of each and the difference of the medians. Closed loop, one request at a time;
+- added latency at fixed arrival rates (``--rates``, default 50 200 500 req/s): open-loop
+  Poisson arrivals for ``--seconds`` per run of streaming requests (8-word prompt,
+  ``max_tokens`` 2, :mod:`runtime.loadgen`), first straight to the emulator then through the
+  router (same schedule); E2E p50/p99 of each and their differences; the router process's
+  CPU seconds per 1,000 requests (``/proc/<pid>/stat`` utime + stime over the routed run) and
+  its mean decision time from ``baton_router_decision_seconds`` (sum / count).
+
+Everything (load generator, router, emulator) shares this machine's cores, so the numbers
+at high rates include CPU contention between them.
 """
 
 from __future__ import annotations
@@ -37,8 +45,8 @@ def bench_decisions(n: int) -> None:
     sys.path.insert(0, str(REPO))
     from runtime.backends import Scrape, build_view
     from runtime.router import Router, build_parser
+    from runtime.testing import make_layout, write_linear_policy
     from sim.routing import RequestInfo
-    from tests.runtime.conftest import make_layout, write_linear_policy
 
     rng = np.random.default_rng(0)
     layout = make_layout(["unified"] * 8)
@@ -104,6 +112,92 @@ def bench_added_latency(n: int, emu_port: int, router_port: int) -> None:
             p.wait(timeout=10)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU time (utime + stime) of a process, seconds (``/proc/<pid>/stat``)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _decision_mean_us(router_url: str) -> tuple[float, float]:
+    """Sum and count of ``baton_router_decision_seconds``."""
+    text = urllib.request.urlopen(router_url + "/metrics").read().decode()
+    vals = {}
+    for line in text.splitlines():
+        for key in ("baton_router_decision_seconds_sum", "baton_router_decision_seconds_count"):
+            if line.startswith(key + " "):
+                vals[key] = float(line.split()[1])
+    return vals["baton_router_decision_seconds_sum"], vals["baton_router_decision_seconds_count"]
+
+
+def bench_rates(rates: list[float], seconds: float, emu_port: int, router_port: int,
+                router_args: list[str]) -> list[dict]:
+    """Open-loop added latency, router CPU and decision time per arrival rate."""
+    import asyncio
+
+    sys.path.insert(0, str(REPO))
+    from runtime import loadgen
+    from sim.workload import Workload
+
+    procs = [subprocess.Popen([sys.executable, "-m", "runtime.emulator", "--port",
+                               str(emu_port), "--served-model-name", "m"], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs.append(subprocess.Popen([sys.executable, "-m", "runtime.router", "--port",
+                                   str(router_port), "--max-inflight", "100000",
+                                   "--backends", f"http://127.0.0.1:{emu_port}",
+                                   *router_args], cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    direct_url, router_url = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{router_port}"
+    rows = []
+    try:
+        for url in (direct_url, router_url):
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(url + "/health").read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        rng = np.random.default_rng(0)
+        warm = Workload(np.arange(50) * 0.01, [8] * 50, [2] * 50)
+        for url in (direct_url, router_url):
+            asyncio.run(loadgen.replay(url, warm, model="m"))
+        for rate in rates:
+            n = int(rate * seconds)
+            w = Workload(np.cumsum(rng.exponential(1.0 / rate, n)), [8] * n, [2] * n)
+            direct, _ = asyncio.run(loadgen.replay(direct_url, w, model="m"))
+            s0, c0 = _decision_mean_us(router_url)
+            cpu0 = _cpu_s(procs[1].pid)
+            routed, dur = asyncio.run(loadgen.replay(router_url, w, model="m"))
+            cpu1 = _cpu_s(procs[1].pid)
+            s1, c1 = _decision_mean_us(router_url)
+            d = np.array([r.latency_s for r in direct if r.success]) * 1e3
+            r = np.array([x.latency_s for x in routed if x.success]) * 1e3
+            row = {"rate": rate, "n": n, "achieved_rate": n / dur,
+                   "failed_direct": n - len(d), "failed_routed": n - len(r),
+                   "direct_p50_ms": float(np.percentile(d, 50)),
+                   "direct_p99_ms": float(np.percentile(d, 99)),
+                   "routed_p50_ms": float(np.percentile(r, 50)),
+                   "routed_p99_ms": float(np.percentile(r, 99)),
+                   "cpu_s_per_1k": (cpu1 - cpu0) / n * 1000.0,
+                   "decision_mean_us": (s1 - s0) / max(c1 - c0, 1) * 1e6}
+            row["added_p50_ms"] = row["routed_p50_ms"] - row["direct_p50_ms"]
+            row["added_p99_ms"] = row["routed_p99_ms"] - row["direct_p99_ms"]
+            rows.append(row)
+            print(f"{rate:5.0f} req/s (n {n}, sent at {row['achieved_rate']:.0f}/s, failed "
+                  f"{row['failed_direct']}/{row['failed_routed']}): direct p50 "
+                  f"{row['direct_p50_ms']:.2f} p99 {row['direct_p99_ms']:.2f} ms | routed p50 "
+                  f"{row['routed_p50_ms']:.2f} p99 {row['routed_p99_ms']:.2f} ms | added p50 "
+                  f"{row['added_p50_ms']:+.2f} p99 {row['added_p99_ms']:+.2f} ms | router CPU "
+                  f"{row['cpu_s_per_1k']:.2f} s/1k req | decision mean "
+                  f"{row['decision_mean_us']:.1f} us", flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+    return rows
+
+
 def main() -> None:
     """Print decision time and added latency."""
     p = argparse.ArgumentParser()
@@ -111,9 +205,19 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--emulator-port", type=int, default=18950)
     p.add_argument("--router-port", type=int, default=18951)
+    p.add_argument("--rates", type=float, nargs="*", default=[50.0, 200.0, 500.0],
+                   help="open-loop arrival rates, req/s (none: skip)")
+    p.add_argument("--seconds", type=float, default=6.0, help="per rate and target")
+    p.add_argument("--heuristic", default="join_shortest_queue", help="router at the rates")
+    p.add_argument("--json", default="", help="write the rate table here")
     a = p.parse_args()
     bench_decisions(a.n)
     bench_added_latency(a.requests, a.emulator_port, a.router_port)
+    if a.rates:
+        rows = bench_rates(a.rates, a.seconds, a.emulator_port, a.router_port,
+                           ["--heuristic", a.heuristic])
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
