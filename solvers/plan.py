@@ -145,13 +145,17 @@ class Plan:
 
 def vllm_command(hf_id: str, role: str, tp: int, pp: int, port: int,
                  gpu_memory_utilization: float = 0.9) -> str:
-    """``vllm serve`` command line of one instance (NIXL P/D hand-off for split roles)."""
+    """``vllm serve`` command line of one instance.
+
+    Every role gets NixlConnector (``kv_producer`` / ``kv_consumer`` / ``kv_both`` for
+    unified): NixlConnector ignores ``kv_role``, and a unified instance needs a connector to
+    take part in a tandem (Lead/Follow) hand-off.
+    """
     args = ["vllm", "serve", hf_id, "--port", str(port),
             "--tensor-parallel-size", str(tp), "--pipeline-parallel-size", str(pp),
             "--gpu-memory-utilization", str(gpu_memory_utilization)]
-    if role in ("prefill", "decode"):
-        kv = {"kv_connector": "NixlConnector", "kv_role": KV_ROLE[role]}
-        args += ["--kv-transfer-config", json.dumps(kv, separators=(",", ":"))]
+    kv = {"kv_connector": "NixlConnector", "kv_role": KV_ROLE[role]}
+    args += ["--kv-transfer-config", json.dumps(kv, separators=(",", ":"))]
     return shlex.join(args)
 
 

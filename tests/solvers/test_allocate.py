@@ -10,7 +10,14 @@ from omegaconf import OmegaConf
 from sim.engine import ClusterConfig
 from sim.engine.placement import place
 from solvers.allocate import AllocateConfig, allocate, main
-from solvers.plan import cluster_dict, read_plan, write_cluster_yaml, write_plan
+from solvers.plan import (
+    KV_ROLE,
+    cluster_dict,
+    read_plan,
+    vllm_command,
+    write_cluster_yaml,
+    write_plan,
+)
 from solvers.verify import simulate_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +79,10 @@ def test_plan_round_trip(opt13_plan, tmp_path):
         [dataclasses.asdict(i) for i in cc.instances]
     for inst in plan.instances:
         assert f"--tensor-parallel-size {inst.tensor_parallel_size}" in inst.vllm_serve
-        if inst.role in ("prefill", "decode"):
-            assert "--kv-transfer-config" in inst.vllm_serve and "NixlConnector" in inst.vllm_serve
+        assert "--kv-transfer-config" in inst.vllm_serve and "NixlConnector" in inst.vllm_serve
+        assert f'"kv_role":"{KV_ROLE[inst.role]}"' in inst.vllm_serve
+    assert '"kv_connector":"NixlConnector","kv_role":"kv_both"' in vllm_command(
+        "m", "unified", 1, 1, 8000)
 
 
 def test_cluster_yaml_loads_in_simulate_hydra(opt13_plan, tmp_path):
