@@ -492,8 +492,11 @@ class Simulator:
                 if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
                     return
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
-            elif f.run_owed_blocks:
-                self._cut(f.index)  # the run's evictions come first (it ends after this step)
+            elif f.busy and (f.run_owed_blocks or f.waiting or f.registering):
+                # a decode run there ends after this step: its evictions come first, and the
+                # blocks this hand-in evicts may change what the next iteration admits or
+                # registers (as one-event-per-iteration simulation would see)
+                self._cut(f.index)
             kv.allocate(need)
             pending.popleft()
             self.instances[r.lead].awaiting_out.remove(r)

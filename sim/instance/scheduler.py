@@ -150,6 +150,11 @@ class Instance:
 
     # ---- running batch ---------------------------------------------------------------------
     @property
+    def registering(self) -> bool:
+        """Whether decode-batch members still offer prompt blocks to the prefix cache."""
+        return bool(self._register_pending)
+
+    @property
     def num_running(self) -> int:
         """Requests in the running batch."""
         return len(self._batch) + len(self._tail)
@@ -515,6 +520,20 @@ class Instance:
         covered = min(r.num_computed_tokens, r.num_prompt_tokens) // self.kv.hash_block_tokens
         return j < covered and j < len(r.hashes)
 
+    def _registration_due(self) -> bool:
+        """Whether a decode-batch member's next prompt hash can enter the cache now.
+
+        Registration stops at the first hash already cached (by another request); it resumes
+        once that entry is evicted, at the member's next single iteration. A decode run does
+        not register, so it waits until no member's next hash is free. (A run with pending
+        registrations never evicts, and a hand-in pulled meanwhile cuts it.)
+        """
+        refs = self.kv._refs
+        for r in self._register_pending.values():
+            if int(r.hashes[len(r.shared_hashes)]) not in refs:
+                return True
+        return False
+
     def _register(self, r: Request) -> None:
         kv = self.kv
         covered = min(r.num_computed_tokens, r.num_prompt_tokens) // kv.hash_block_tokens
@@ -546,6 +565,8 @@ class Instance:
         batch = self._batch
         if self._tail or not batch:
             return 0
+        if self._register_pending and self._registration_due():
+            return 0  # one iteration registers it (runs do not), as one-by-one iterations do
         seqs = len(batch)
         budget = self.cfg.max_num_batched_tokens
         if seqs > budget:
