@@ -122,7 +122,8 @@ class RoutingEnv(gym.Env):
             # window cut: requests in flight are left to the critic's bootstrap value; the
             # final observation is the cluster after this placement, seen by this request
             self._req = None
-            self._obs, self._mask = self.encoder.encode(sim.view(), self._last_info(r))
+            self._obs, self._mask = self.encoder.encode(sim.view(), self._last_info(r),
+                                                        observe=False)
             return self._obs, float(reward), False, True, self._episode_info()
         req = sim.next_arrival()
         reward += tracker.advance(sim.now_s)

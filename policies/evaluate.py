@@ -56,8 +56,11 @@ class EvalConfig:
     """Heuristics compared with the learned policy (names of ``policies.heuristics``)."""
 
     def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("eval.seeds is empty; give at least two seeds for an interval")
+        if len(set(self.seeds)) < 2 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"eval.seeds = {self.seeds} must hold at least two distinct seeds "
+                             "(intervals over seeds need two)")
+        if not self.heuristics:
+            raise ValueError("eval.heuristics is empty; name at least one heuristic to compare")
         if isinstance(self.num_requests, bool) or int(self.num_requests) < 2:
             raise ValueError(f"eval.num_requests = {self.num_requests!r} must be >= 2")
         rs = [float(x) for x in self.rate_scales]

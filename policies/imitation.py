@@ -14,6 +14,7 @@ A decision maps to an action as: Lead and Follow as given; the split bin nearest
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -44,10 +45,16 @@ def decision_to_action(env: RoutingEnv, d: Decision, req: RequestInfo) -> np.nda
 def collect(cfg: EnvConfig, heuristic: str, steps: int, seed: int, gamma: float):
     """Roll the heuristic through the environment; returns (obs, actions, masks, returns).
 
-    Episodes are drained (``episode.end = drain``) so the returns-to-go include the outcomes
-    of the requests in flight at the window's end, which a truncated episode bootstraps.
+    Returns are the discounted rewards of the next ``H = ceil(3 / (1 - gamma))`` decisions
+    (the part of the return the discount leaves, ~95 %), not the rest of a window: each
+    episode runs ``requests_per_episode + H`` arrivals (truncated, as in training) and keeps
+    the first ``requests_per_episode`` decisions, so every kept state has its full horizon and
+    the critic is not taught that late states are worth a drained lump of outcomes.
     """
-    env = RoutingEnv(replace(cfg, episode=replace(cfg.episode, end="drain")))
+    n_keep = int(cfg.episode.requests_per_episode)
+    horizon = int(math.ceil(round(3.0 / max(1.0 - gamma, 1e-3), 6)))
+    env = RoutingEnv(replace(cfg, episode=replace(
+        cfg.episode, end="truncate", requests_per_episode=n_keep + horizon)))
     router = make_heuristic(heuristic, seed=seed)
     obs_l, act_l, mask_l, ret_l = [], [], [], []
     ep = 0
@@ -60,17 +67,17 @@ def collect(cfg: EnvConfig, heuristic: str, steps: int, seed: int, gamma: float)
         while not done:
             req = env.pending_request
             a = decision_to_action(env, router(env.sim.view(), req), req)
-            obs_l.append(obs)
-            act_l.append(a)
-            mask_l.append(env.action_masks())
+            if len(rewards) < n_keep:
+                obs_l.append(obs)
+                act_l.append(a)
+                mask_l.append(env.action_masks())
             obs, r, term, trunc, _ = env.step(a)
             done = term or trunc
             rewards.append(r)
-        g, rets = 0.0, np.empty(len(rewards))
-        for i in range(len(rewards) - 1, -1, -1):
-            g = rewards[i] + gamma * g
-            rets[i] = g
-        ret_l.extend(rets)
+        disc = gamma ** np.arange(horizon)
+        r = np.asarray(rewards)
+        ret_l.extend(float(r[i:i + horizon] @ disc[: len(r[i:i + horizon])])
+                     for i in range(min(n_keep, len(r))))
     return (np.asarray(obs_l, np.float32), np.asarray(act_l, np.int64),
             np.asarray(mask_l, bool), np.asarray(ret_l, np.float32))
 
@@ -80,18 +87,21 @@ def clone(model, cfg: EnvConfig, heuristic: str, steps: int, seed: int, epochs: 
     """Fit ``model``'s actor to the heuristic's actions and its critic to their returns.
 
     Returns:
-        ``{"samples", "accuracy", "value_loss"}`` measured on the collected data at the end.
+        ``{"samples", "accuracy", "value_loss", "value_loss_before"}`` on the collected data
+        (value losses are mean squared errors of returns scaled by their largest magnitude).
     """
     import torch as th
 
     gamma = float(getattr(model, "gamma", 0.99))
     obs, act, masks, rets = collect(cfg, heuristic, steps, seed, gamma)
     policy = model.policy
+    ret_scale = float(max(np.abs(rets).max(), 1.0))
+    o, a, r = th.as_tensor(obs), th.as_tensor(act), th.as_tensor(rets)
+    with th.no_grad():
+        v_before = float((((policy.predict_values(o).flatten() - r) / ret_scale) ** 2).mean())
     policy.set_training_mode(True)
     opt = th.optim.Adam(policy.parameters(), lr=lr)
-    o, a, r = th.as_tensor(obs), th.as_tensor(act), th.as_tensor(rets)
     rng = np.random.default_rng(seed)
-    ret_scale = float(max(np.abs(rets).max(), 1.0))
     for _ in range(epochs):
         for idx in np.array_split(rng.permutation(len(o)), max(len(o) // batch_size, 1)):
             values, log_prob, _ = policy.evaluate_actions(o[idx], a[idx])
@@ -110,4 +120,5 @@ def clone(model, cfg: EnvConfig, heuristic: str, steps: int, seed: int, epochs: 
         v_loss = float((((policy.predict_values(o).flatten() - r) / ret_scale) ** 2).mean())
     logger.info("cloned %s from %d samples: %.1f%% of actions reproduced", heuristic, len(o),
                 100 * acc)
-    return {"samples": len(o), "accuracy": acc, "value_loss": v_loss}
+    return {"samples": len(o), "accuracy": acc, "value_loss": v_loss,
+            "value_loss_before": v_before}

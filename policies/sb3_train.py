@@ -102,6 +102,11 @@ class TrainConfig:
         if self.warm_start:
             from policies.heuristics import HEURISTICS
 
+            if isinstance(self.warm_start_steps, bool) or not isinstance(
+                    self.warm_start_steps, int) or self.warm_start_steps < 1:
+                raise ValueError(f"train.warm_start_steps = {self.warm_start_steps!r} must be an "
+                                 "integer >= 1 when train.warm_start is set")
+
             if self.warm_start not in HEURISTICS:
                 raise ValueError(f"train.warm_start {self.warm_start!r} is not a heuristic; "
                                  f"choose one of {', '.join(HEURISTICS)} or leave it empty")
@@ -124,7 +129,7 @@ def _make_env(cfg: EnvConfig, seed: int):
     def thunk():
         from stable_baselines3.common.monitor import Monitor
 
-        env = Monitor(RoutingEnv(cfg), info_keywords=("slo_attainment",))
+        env = Monitor(RoutingEnv(cfg))
         env.reset(seed=seed)
         return env
 
@@ -144,6 +149,27 @@ def make_vec_env(cfg: EnvConfig, n_envs: int, seed: int, kind: str = "dummy"):
     return vec
 
 
+def _same_episodes(eval_cls):
+    """``eval_cls`` (SB3's EvalCallback or sb3-contrib's) reseeding its env before each run.
+
+    A VecEnv uses its seed only at the next reset, so without this every periodic evaluation
+    would draw new workload windows and rates, and the best checkpoint would partly be the
+    luckiest draw. With it every candidate is scored on the same episodes.
+    """
+
+    class SameEpisodes(eval_cls):
+        def __init__(self, eval_env, seed: int, **kwargs) -> None:
+            super().__init__(eval_env, **kwargs)
+            self._eval_seed = seed
+
+        def _on_step(self) -> bool:
+            if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+                self.eval_env.seed(self._eval_seed)
+            return super()._on_step()
+
+    return SameEpisodes
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint zip, or the newest one of a run directory (``checkpoints/`` or final)."""
     p = Path(path)
@@ -153,10 +179,12 @@ def find_checkpoint(path: str | Path) -> Path:
         raise FileNotFoundError(f"train.resume_from={path}: no such checkpoint or run directory")
     steps = [(int(m.group(1)), c) for c in (p / "checkpoints").glob("*_steps.zip")
              if (m := re.search(r"_(\d+)_steps\.zip$", c.name))]
-    if steps:
-        return max(steps)[1]
-    if (p / "final_model.zip").is_file():
-        return p / "final_model.zip"
+    final = p / "final_model.zip"
+    newest = max(steps)[1] if steps else None
+    if final.is_file() and (newest is None or final.stat().st_mtime >= newest.stat().st_mtime):
+        return final  # saved when training stopped, after the last periodic checkpoint
+    if newest is not None:
+        return newest
     raise FileNotFoundError(f"train.resume_from={path}: no checkpoints/*_steps.zip or "
                             "final_model.zip in it")
 
@@ -205,11 +233,14 @@ def train_policy(env_cfg: EnvConfig, policy: PolicyConfig, cfg: TrainConfig, out
         else:
             from stable_baselines3.common.callbacks import EvalCallback as Eval
             from stable_baselines3.common.evaluation import evaluate_policy
-        ev = Eval(eval_env, n_eval_episodes=cfg.eval_episodes,
-                  eval_freq=max(cfg.eval_every_steps // cfg.n_envs, 1),
-                  best_model_save_path=str(out / "best"), deterministic=True, verbose=0)
+        eval_seed = cfg.seed + 10_000
+        ev = _same_episodes(Eval)(eval_env, eval_seed, n_eval_episodes=cfg.eval_episodes,
+                                  eval_freq=max(cfg.eval_every_steps // cfg.n_envs, 1),
+                                  best_model_save_path=str(out / "best"), deterministic=True,
+                                  verbose=0)
         if reset_steps and cfg.warm_start:
             # the cloned policy is a candidate too: PPO must beat it to replace it
+            eval_env.seed(eval_seed)
             mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=cfg.eval_episodes,
                                       deterministic=True)
             ev.best_mean_reward = float(mean)

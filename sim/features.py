@@ -190,17 +190,23 @@ class ObservationEncoder:
         """Forget the arrival-rate estimate (a new run starts)."""
         self._last_arrival_s: float | None = None
         self._gap_ewma_s: float | None = None
+        self._last_gap_s = 0.0
 
     # ---- encoding -------------------------------------------------------------------------
-    def encode(self, view: ClusterView, req: RequestInfo) -> tuple[np.ndarray, np.ndarray]:
-        """Observation ``(obs_dim,)`` float32 and mask ``(sum(nvec),)`` bool for one arrival."""
+    def encode(self, view: ClusterView, req: RequestInfo,
+               observe: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Observation ``(obs_dim,)`` float32 and mask ``(sum(nvec),)`` bool for one arrival.
+
+        ``observe=False`` encodes without counting ``req`` as a new arrival (the rate estimate
+        and the gap stay as they were): for re-encoding a state, e.g. an episode's last one.
+        """
         return self.encode_values(
             view.values("queued_prefill_tokens"), view.values("num_waiting"),
             view.values("num_running"), view.values("num_transfers_in"),
-            view.values("num_transfers_out"), view.values("kv_used_blocks"), req)
+            view.values("num_transfers_out"), view.values("kv_used_blocks"), req, observe)
 
     def encode_values(self, queued, waiting, running, transfers_in, transfers_out, used_blocks,
-                      req: RequestInfo) -> tuple[np.ndarray, np.ndarray]:
+                      req: RequestInfo, observe: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`encode` from per-instance sequences (each of length n).
 
         Plain Python over the instances: for the handful of instances a decision sees this
@@ -220,8 +226,10 @@ class ObservationEncoder:
                  f if f > -1.0 else -1.0, lg(transfers_in[i]) * itr,
                  lg(transfers_out[i]) * itr))
             ext(role)
-        gap = self._observe_arrival(req.arrival_s)
-        rate = 0.0 if not self._gap_ewma_s else 1.0 / self._gap_ewma_s
+        gap = self._observe_arrival(req.arrival_s) if observe else self._last_gap_s
+        ewma = self._gap_ewma_s
+        # no gap yet: rate 0; only simultaneous arrivals so far: the highest rate (capped below)
+        rate = 0.0 if ewma is None else (1.0 / ewma if ewma > 0 else math.inf)
         ext((lg(prompt) * it, lg(pred) * it, self._ttft_feat, self._tpot_feat,
              lg(rate) * self._inv_rate, lg(gap * self._inv_tpot_scale) * self._inv_gap))
         obs = np.array(out, dtype=np.float32)
@@ -233,8 +241,10 @@ class ObservationEncoder:
         last = self._last_arrival_s
         self._last_arrival_s = arrival_s
         if last is None:
+            self._last_gap_s = 0.0
             return 0.0
         gap = max(arrival_s - last, 0.0)
+        self._last_gap_s = gap
         a = self.cfg.rate_ewma_alpha
         self._gap_ewma_s = gap if self._gap_ewma_s is None else \
             (1 - a) * self._gap_ewma_s + a * gap

@@ -93,10 +93,15 @@ def test_short_training_exports_a_policy_that_loads_and_acts(tmp_path):
     assert len(json.loads(out.stdout)) == 3
     # resume continues from the newest checkpoint instead of starting over
     ckpt = find_checkpoint(tmp_path)
-    assert ckpt.name.endswith("_4096_steps.zip")
+    assert ckpt.name == "final_model.zip"          # saved after the last periodic checkpoint
+    assert find_checkpoint(tmp_path / "checkpoints" / "ppo_2048_steps.zip").is_file()
     more = run(compose(*TINY, "train.total_timesteps=6144", f"train.resume_from={tmp_path}"),
                tmp_path / "resumed")
     assert more["timesteps"] >= 6144
+    # it continued: its first periodic checkpoint is past the resumed 4096 steps
+    ckpts = sorted(int(p.stem.split("_")[-2]) for p in
+                   (tmp_path / "resumed" / "checkpoints").glob("*_steps.zip"))
+    assert ckpts and ckpts[0] > 4096
 
 
 def test_train_and_policy_configs_validate_directly():
@@ -104,6 +109,8 @@ def test_train_and_policy_configs_validate_directly():
         PolicyConfig(kwargs={"n_step": 64})
     with pytest.raises(ValueError, match="train.vec_env"):
         TrainConfig(vec_env="ray")
+    with pytest.raises(ValueError, match="train.warm_start_steps"):
+        TrainConfig(warm_start="distserve", warm_start_steps=0)
     with pytest.raises(FileNotFoundError, match="resume_from"):
         find_checkpoint("/nonexistent/run")
     env = RoutingEnv(compose(*TINY).env_config())

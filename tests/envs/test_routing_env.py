@@ -189,6 +189,31 @@ def test_vector_envs_dummy_and_subprocess():
         vec.close()
 
 
+def test_vector_env_reports_truncation_for_bootstrapping():
+    """SB3 bootstraps a cut episode from info["terminal_observation"] when TimeLimit.truncated."""
+    vec = DummyVecEnv([lambda: RoutingEnv(small_cfg())])
+    vec.seed(3)
+    vec.reset()
+    for step in range(48):
+        _, _, done, infos = vec.step(np.array([[step % 4, step % 4, 4]]))
+        assert done[0] == (step == 47)
+    assert infos[0]["TimeLimit.truncated"] is True
+    assert vec.observation_space.contains(infos[0]["terminal_observation"])
+
+
+def test_final_observation_does_not_count_the_last_request_twice():
+    env = RoutingEnv(small_cfg(episode=EpisodeConfig(requests_per_episode=16)))
+    obs, _ = env.reset(seed=4)
+    prev = None
+    done = False
+    while not done:
+        prev = obs
+        obs, _, term, trunc, _ = env.step((0, 0, 4))
+        done = term or trunc
+    # same request shown again: its features, the rate estimate and the gap are unchanged
+    np.testing.assert_array_equal(obs[-6:], prev[-6:])
+
+
 def test_bad_options_fail_clearly():
     with pytest.raises(TypeError, match="unknown RoutingEnv option"):
         RoutingEnv(small_cfg(), episodes=3)

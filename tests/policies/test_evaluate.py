@@ -55,6 +55,10 @@ def test_eval_config_rejects_bad_grids_and_names():
         EvalConfig(rate_scales=[0.5, 2.0])
     with pytest.raises(ValueError, match="eval.heuristics"):
         EvalConfig(heuristics=["nope"])
+    with pytest.raises(ValueError, match="two distinct seeds"):
+        EvalConfig(seeds=[101, 101])
+    with pytest.raises(ValueError, match="eval.heuristics is empty"):
+        EvalConfig(heuristics=[])
 
 
 def test_tiny_evaluation_produces_paired_gains_and_a_report(tmp_path):

@@ -31,20 +31,25 @@ def test_decisions_map_to_the_nearest_split_bin():
     assert decision_to_action(d, Decision(1, 2, 1), r).tolist() == [1, 2]
 
 
-def test_collected_returns_are_discounted_episode_rewards():
-    obs, act, masks, rets = collect(cfg(), "round_robin", 64, seed=0, gamma=1.0)
-    assert obs.shape == (64, 36) and act.shape == (64, 3) and masks.shape == (64, 3 + 3 + 5)
-    assert (act[:, 0] == np.arange(64) % 3).all() and (act[:, 2] == 4).all()
+def test_collected_returns_are_discounted_rewards_over_the_horizon():
+    gamma, n, horizon = 0.9, 64, 30   # horizon = ceil(3 / (1 - 0.9))
+    obs, act, masks, rets = collect(cfg(), "round_robin", n, seed=0, gamma=gamma)
+    assert obs.shape == (n, 36) and act.shape == (n, 3) and masks.shape == (n, 3 + 3 + 5)
+    assert (act[:, 0] == np.arange(n) % 3).all() and (act[:, 2] == 4).all()
+    # replay the same episode (n + horizon arrivals, truncated) and discount by hand
     c = cfg()
-    env = RoutingEnv(replace(c, episode=replace(c.episode, end="drain")))
+    env = RoutingEnv(replace(c, episode=replace(c.episode, requests_per_episode=n + horizon)))
     env.reset(seed=0)
-    rewards, done = [], False
+    rewards, done, k = [], False, 0
     while not done:
-        _, r, done, _, info = env.step(act[len(rewards)])
+        _, r, term, trunc, _ = env.step((k % 3, k % 3, 4))
         rewards.append(r)
-    # undiscounted returns-to-go of the same episode
-    np.testing.assert_allclose(rets, np.cumsum(rewards[::-1])[::-1], rtol=1e-6, atol=1e-4)
-    assert rets[0] == np.float32(info["episode_return"])
+        k += 1
+        done = term or trunc
+    assert len(rewards) == n + horizon
+    expect = [sum(gamma ** j * rewards[i + j] for j in range(horizon)) for i in range(n)]
+    np.testing.assert_allclose(rets, expect, rtol=1e-5, atol=1e-4)
+    assert np.abs(rets).max() > 0
 
 
 def test_cloning_makes_the_actor_reproduce_a_deterministic_heuristic():
@@ -60,4 +65,5 @@ def test_cloning_makes_the_actor_reproduce_a_deterministic_heuristic():
     obs, act, _, _ = collect(cfg(), "round_robin", 128, seed=9, gamma=0.99)
     pred, _ = model.predict(obs, deterministic=True)
     assert (pred[:, 2] == 4).mean() > 0.95
-    assert stats["samples"] == 512 and 0.0 <= stats["accuracy"] <= 1.0
+    assert stats["samples"] == 512 and stats["accuracy"] > 0.3   # Lead == Follow and bin
+    assert stats["value_loss"] < 0.75 * stats["value_loss_before"]

@@ -36,6 +36,10 @@ def test_features_follow_the_documented_layout_and_scales():
     v = view(queued_prefill_tokens=[8192, 0, 100], num_waiting=[256, 0, 0],
              num_running=[3, 0, 0], kv_used_blocks=[500, 0, 1000], num_transfers_in=[16, 0, 0])
     obs, mask = e.encode(v, RequestInfo(0, 0.0, 1600, 0))
+    obs2, _ = e.encode(view(num_transfers_out=[0, 16, 0]), RequestInfo(1, 0.1, 10, 8191))
+    assert obs2[16] == pytest.approx(1.0)                       # instance 1, transfers out
+    assert obs2[31] == pytest.approx(math.log1p(8191) / math.log1p(8192), rel=1e-6)
+    assert obs2[-1] == pytest.approx(math.log1p(1.0) / math.log1p(1000), rel=1e-5)  # 0.1 s
     assert obs.dtype == np.float32 and obs.shape == (3 * len(INSTANCE_FEATURES)
                                                      + len(REQUEST_FEATURES),)
     inst = obs[:30].reshape(3, 10)
@@ -57,9 +61,14 @@ def test_rate_estimate_tracks_arrival_gaps_and_resets():
     e.encode(v, RequestInfo(0, 0.0, 10, 10))
     obs, _ = e.encode(v, RequestInfo(1, 0.1, 10, 10))        # 10 req/s
     assert obs[-2] == pytest.approx(math.log1p(10) / math.log1p(100), rel=1e-5)
+    again, _ = e.encode(v, RequestInfo(1, 0.1, 10, 10), observe=False)
+    np.testing.assert_array_equal(again, obs)                  # re-encoding changes nothing
     e.reset()
     obs, _ = e.encode(v, RequestInfo(2, 5.0, 10, 10))
     assert obs[-2] == 0.0 and obs[-1] == 0.0
+    e.encode(v, RequestInfo(3, 5.0, 10, 10))                   # simultaneous arrivals
+    obs, _ = e.encode(v, RequestInfo(4, 5.0, 10, 10))
+    assert obs[-2] == 4.0                                      # the highest rate, capped
 
 
 def test_split_bins_decode_to_one_token_shares_and_colocation():
