@@ -91,7 +91,7 @@ class CompareConfig:
     @classmethod
     def quick(cls, **kw) -> CompareConfig:
         """A run under a minute on 2 cores (smoke test; numbers are indicative only)."""
-        base = dict(workloads=["bursty"], seeds=[101], num_requests=150,
+        base = dict(workloads=["bursty"], seeds=[101, 102], num_requests=100,
                     rate_scales=[1.0, 2.0, 4.0], bound_requests=60, bound_seeds=[201],
                     bound_time_limit_s=10.0, ilp_time_limit_s=10.0)
         base.update(kw)
