@@ -4,6 +4,12 @@ Decides how many instances of each candidate (role, tp, pp) run on each node of 
 ``num_nodes x gpus_per_node`` identical GPUs. Rates are integers in milli-req/s (capacities
 rounded down), so every solver sees the same exact integer model.
 
+Two exact formulations of the same program (``formulation``): ``patterns`` (default) counts
+nodes by pattern -- which spanning stage segments a node hosts, and which local content
+(among those no other content dominates) -- so identical nodes share variables and the
+program's size does not grow with the node count (see :class:`_PatternModel`); ``nodes``
+(the fallback when patterns would be too many) has variables per node, as follows.
+
 Variables and constraints (``c`` candidate, ``n`` node, ``M`` GPUs per node)::
 
     x[c,n] >= 0   instances of a node-local candidate (tp*pp <= M) on node n
@@ -113,7 +119,8 @@ class Allocation:
     instances: list[tuple[Candidate, list[int]]] = field(default_factory=list)
     """One entry per instance: its candidate and the node of each pipeline stage."""
     gap_frac: float = 0.0
-    """Relative optimality gap of the last program solved (0 = proven optimal)."""
+    """Relative optimality gap of the program a time limit stopped, else of the last program
+    solved (0 = proven optimal)."""
     solve_s: float = 0.0
     """Wall time in the solver, seconds."""
     num_solves: int = 0
@@ -653,7 +660,9 @@ def _finish(model: _Model, results: list) -> Allocation:
         goodput_per_s=rate / MILLI,
         num_gpus=model.value(model.gpus),
         instances=model.extract(),
-        gap_frac=_gap(obj, bound),
+        # a program stopped by the time limit decides the gap (not a later one proven optimal)
+        gap_frac=max([_gap(r[1], r[2]) for r in results if r[0] == "FEASIBLE"]
+                     or [_gap(obj, bound)]),
         solve_s=wall,
         num_solves=len(results),
         formulation=model.formulation,
