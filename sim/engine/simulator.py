@@ -492,14 +492,12 @@ class Simulator:
                 if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
                     return
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
-            elif f.busy and (f.run_owed_blocks or (
-                    need > kv.num_blocks - kv.num_used - kv.num_evictable and (
-                        f.registering
-                        or (f.waiting and not f.cfg.scheduler_reserve_full_isl)))):
-                # a decode run there ends after this step: its own evictions come first, and
-                # entries this hand-in evicts may let a member register its prompt blocks or
-                # (without scheduler_reserve_full_isl) shrink the waiting head's prefix hit so
-                # that it fits, which one-event-per-iteration simulation would see next step
+            elif f.busy and (f.run_owed_blocks
+                             or need > kv.num_blocks - kv.num_used - kv.num_evictable):
+                # this allocation evicts cached entries: a decode run there must hold only the
+                # blocks of the iterations begun so far (its reservation would make the hand-in
+                # evict more than one-event-per-iteration simulation does), so it is cut and
+                # settled first; its own owed evictions also come first
                 self._cut(f.index)
             kv.allocate(need)
             pending.popleft()
