@@ -141,6 +141,9 @@ def run(cfg: TrainAppConfig, out_dir: str | Path) -> dict:
                          f"{model.warm_start['accuracy']:.0%} of them exactly; ties between "
                          "equally loaded instances make the rest ambiguous), then trained by "
                          "PPO.")
+        if model.warm_start and summary["best_checkpoint_steps"] == 0:
+            notes.append("PPO never beat the cloned policy on the periodic evaluation episodes, "
+                         "so the policy exported and evaluated here is the cloned one.")
         policies = {learned_name: _onnx_policy_factory(onnx_path), **policies}
         notes.append(f"`{learned_name}`: {cfg.policy.algo} trained for {summary['timesteps']} "
                      f"steps ({summary['train_wall_s']:.0f} s; the checkpoint evaluated here is "
