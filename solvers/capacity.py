@@ -272,19 +272,7 @@ def make_backend(model: ModelSpec, gpu: GpuSpec, tp: int, pp: int,
 def prefill_latencies_s(be: LatencyBackend, prompt_tokens: np.ndarray,
                         chunk_tokens: int) -> np.ndarray:
     """Latency of prefilling each prompt alone, chunked at ``chunk_tokens``: (n,) float64."""
-    cache: dict[int, float] = {}
-    out = np.empty(len(prompt_tokens))
-    for i, p in enumerate(prompt_tokens.tolist()):
-        t = cache.get(p)
-        if t is None:
-            t, done = 0.0, 0
-            while done < p:
-                c = min(chunk_tokens, p - done)
-                t += be.iteration_time_s(c, 1, done, c * done, c * c, 0, 0)
-                done += c
-            cache[p] = t
-        out[i] = t
-    return out
+    return mixed_latencies_s(be, prompt_tokens, chunk_tokens, 0, 0.0)
 
 
 def ttft_attainment(rate_per_s: float, occupancy_s: np.ndarray, latency_s: np.ndarray,
