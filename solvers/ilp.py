@@ -651,8 +651,10 @@ def _finish(model: _Model, results: list) -> Allocation:
     wall = sum(r[3] for r in results)
     worst = "FEASIBLE" if any(r[0] == "FEASIBLE" for r in results) else status
     if status not in ("OPTIMAL", "FEASIBLE"):
-        return Allocation(status, solve_s=wall, num_solves=len(results),
-                          message="the integer program has no feasible allocation",
+        message = ("the integer program has no feasible allocation" if status == "INFEASIBLE"
+                   else f"the solver stopped ({status}) after {wall:.3f} s without finding an "
+                        "allocation; raise the time limit")
+        return Allocation(status, solve_s=wall, num_solves=len(results), message=message,
                           formulation=model.formulation)
     rate = model.value(model.rate)
     return Allocation(

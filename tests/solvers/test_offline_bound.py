@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,7 +45,7 @@ def _met(cluster: ClusterConfig, wl: Workload, slo: SLO, router: str) -> int:
     return int(slo_met(records(sim.entered_requests()), slo).sum())
 
 
-@settings(max_examples=6, deadline=None, derandomize=True,
+@settings(max_examples=int(os.environ.get("BATON_PROPERTY_EXAMPLES", "6")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(10, 40),
        rate=st.floats(2.0, 60.0), roles=st.lists(st.sampled_from(["unified", "prefill",
