@@ -418,6 +418,8 @@ class Router:
         """Relay SSE events; hold events without tokens until the first token (retryable)."""
         held: list[bytes] = []
         async for raw, payload in s.events():
+            if payload is not None:
+                _raise_on_error_event(payload)
             if payload is not None and not ctx.sink.committed and not _carries_output(payload):
                 held.append(raw)
                 continue
@@ -480,6 +482,7 @@ class Router:
         async for _, p in s.events():
             if p is None:
                 break
+            _raise_on_error_event(p)
             acct.first_token()
             if not p.get("choices"):  # the usage chunk: the router's sum
                 if ctx.req.include_usage:
@@ -519,6 +522,19 @@ class _Leg:
     def __exit__(self, *exc) -> None:
         self.first_token()
         self.b.inflight -= 1
+
+
+def _raise_on_error_event(payload: dict) -> None:
+    """An in-stream error event (vLLM's after a 200 header) fails the leg.
+
+    Raises:
+        legs.LegError: ``bad_response`` (retried if nothing reached the client yet, else the
+            client's stream ends with an error event).
+    """
+    if "error" in payload or payload.get("object") == "error":
+        err = payload.get("error")
+        msg = err.get("message") if isinstance(err, dict) else payload.get("message", err)
+        raise legs.LegError("bad_response", f"error event in the stream: {str(msg)[:200]}")
 
 
 def _carries_output(payload: dict) -> bool:

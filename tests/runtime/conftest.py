@@ -73,6 +73,15 @@ class Procs:
         p.port = port
         return p
 
+    def fake(self, mode: str):
+        """A misbehaving backend (:mod:`tests.runtime.fake_backend`)."""
+        port = free_port()
+        p = self.start([PY, "-m", "tests.runtime.fake_backend", "--port", str(port),
+                        "--mode", mode], f"http://127.0.0.1:{port}/health", f"fake{port}")
+        p.url = f"http://127.0.0.1:{port}"
+        p.port = port
+        return p
+
     def router(self, backends: list[str], *extra: str):
         port = free_port()
         p = self.start([PY, "-m", "runtime.router", "--port", str(port), "--backends",

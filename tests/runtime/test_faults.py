@@ -142,3 +142,24 @@ def test_router_against_xpyd_sim(procs):
                             "stream_options": {"include_usage": True}})
     assert status == 200 and ev[-1] == "[DONE]" and ev[-2]["usage"]["completion_tokens"] == 5
     assert outcome_count(router.url, "ok") == 2
+
+
+def test_in_stream_error_event_is_retried_not_relayed(procs, tmp_path):
+    """A 200 stream carrying only an error event + [DONE] is a failed leg, not output."""
+    bad, good = procs.fake("error_event"), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)  # always colocated on bad
+    router = procs.router([bad.url, good.url], "--policy", str(pol), "--cooldown-s", "0")
+    status, ev, _ = stream(router.url + "/v1/completions", BODY)
+    assert status == 200 and ev[-1] == "[DONE]" and text_of(ev)
+    assert not any("error" in e for e in ev if isinstance(e, dict))
+    assert retries(router.url, "bad_response") == 1
+    assert outcome_count(router.url, "ok") == 1 and outcome_count(router.url, "stream_error") == 0
+    # tandem: the Follow's error event after the Lead's chunk ends the stream with an error
+    pol2 = fixed_policy(tmp_path / "p2", ["unified"] * 2, 1, 0, split_bin=2)
+    router2 = procs.router([bad.url, good.url], "--policy", str(pol2))
+    status, ev, _ = stream(router2.url + "/v1/completions",
+                           {**BODY, "stream_options": {"include_usage": True}})
+    assert status == 200 and ev[-1] == "[DONE]" and "error" in ev[-2]
+    assert not any(isinstance(e, dict) and e.get("usage") for e in ev)
+    assert outcome_count(router2.url, "stream_error") == 1
+    assert outcome_count(router2.url, "ok") == 0
