@@ -193,7 +193,7 @@ class Emulator:
     # ---- generation ------------------------------------------------------------------------
     def _check_key(self, request: web.Request) -> None:
         key = self.args.api_key
-        if key and request.headers.get("Authorization") != f"Bearer {key}":
+        if key and not oa.key_matches(request.headers.get("Authorization"), key):
             raise web.HTTPUnauthorized(text=json.dumps(oa.error_body(
                 "invalid or missing API key", 401, "AuthenticationError")),
                 content_type="application/json")
@@ -216,10 +216,10 @@ class Emulator:
             return self._error("injected fault", int(self.faults["status"]))
         try:
             req = oa.parse_generation(await request.json(), chat)
-        except json.JSONDecodeError:
-            return self._error("body: not valid JSON", 400, "body")
         except oa.BadRequest as e:
             return self._error(str(e), 400, e.field)
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            return self._error("body: not valid UTF-8 JSON", 400, "body")
         model = req.body.get("model", self.served_model_name)
         if model != self.served_model_name:
             return self._error(f"The model `{model}` does not exist.", 404, "model")

@@ -15,6 +15,7 @@ against real vLLM it is an estimate (words, not BPE tokens).
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import zlib
@@ -264,6 +265,11 @@ def error_body(message: str, code: int, err_type: str = "BadRequestError",
     """The error object vLLM returns."""
     return {"error": {"message": message, "type": err_type, "param": param, "code": code},
             "object": "error", "message": message, "type": err_type, "code": code}
+
+
+def key_matches(authorization: str | None, key: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <key>`` (constant-time compare)."""
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {key}".encode())
 
 
 def sse(obj: dict) -> bytes:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import time
@@ -72,8 +71,14 @@ class RouterMetrics:
                               ("mode",), buckets=LATENCY_BUCKETS, registry=r)
         self.retries = Counter("baton_router_retries", "Leg failures retried or reported.",
                                ("reason",), registry=r)
+        self.requests_inflight = Gauge("baton_router_requests_inflight",
+                                       "Client requests being served.", registry=r)
+        self.transfers_out = Gauge("baton_router_backend_transfers_out",
+                                   "Hand-overs from this backend whose Follow has no token "
+                                   "yet.", ("backend",), registry=r)
         for b in backends:
             self.inflight.labels(b.url).set(0)
+            self.transfers_out.labels(b.url).set(0)
 
 
 class Sink:
@@ -198,8 +203,8 @@ class Router:
         return {}
 
     def _authorized(self, request: web.Request) -> bool:
-        return not self.args.api_key or \
-            request.headers.get("Authorization") == f"Bearer {self.args.api_key}"
+        return not self.args.api_key or oa.key_matches(request.headers.get("Authorization"),
+                                                       self.args.api_key)
 
     # ---- control endpoints -----------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -230,6 +235,8 @@ class Router:
         for b in self.backends:
             self.metrics.inflight.labels(b.url).set(b.inflight)
             self.metrics.healthy.labels(b.url).set(1 if b.healthy(now) else 0)
+            self.metrics.transfers_out.labels(b.url).set(b.transfers_out)
+        self.metrics.requests_inflight.set(self.num_inflight)
         return web.Response(body=generate_latest(self.metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -249,12 +256,15 @@ class Router:
             return _error(401, "invalid or missing API key", "AuthenticationError")
         try:
             req = oa.parse_generation(await request.json(), chat)
-        except json.JSONDecodeError:
-            self.metrics.requests.labels("bad_request", "-").inc()
-            return _error(400, "body: not valid JSON", param="body")
         except oa.BadRequest as e:
             self.metrics.requests.labels("bad_request", "-").inc()
             return _error(400, str(e), param=e.field)
+        except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
+            self.metrics.requests.labels("bad_request", "-").inc()
+            return _error(400, "body: not valid UTF-8 JSON", param="body")
+        except asyncio.CancelledError:  # gone while sending the body
+            self.metrics.requests.labels("client_disconnected", "-").inc()
+            raise
         if self.num_inflight >= self.args.max_inflight:
             self.metrics.requests.labels("rejected_overload", "-").inc()
             return _error(429, f"router overloaded: {self.num_inflight} requests in flight "
@@ -592,8 +602,10 @@ def main(argv: list[str] | None = None) -> None:
     router = Router(args)
     logger.info("routing with %s over %s", router.decider.name,
                 [(b.url, b.role) for b in router.backends])
+    # a client that goes away cancels its handler: legs close, accounting is released now
+    # (aiohttp's default keeps the handler running until a backend timeout)
     web.run_app(router.app(), host=args.host, port=args.port, access_log=None,
-                print=lambda *a: None)
+                handler_cancellation=True, print=lambda *a: None)
 
 
 if __name__ == "__main__":

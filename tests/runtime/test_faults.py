@@ -163,3 +163,42 @@ def test_in_stream_error_event_is_retried_not_relayed(procs, tmp_path):
     assert not any(isinstance(e, dict) and e.get("usage") for e in ev)
     assert outcome_count(router2.url, "stream_error") == 1
     assert outcome_count(router2.url, "ok") == 0
+
+
+def _disconnect_after(url: str, body: dict, seconds: float) -> None:
+    """Send a request on a raw socket and hang up after ``seconds``, unanswered."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    data = json.dumps(body).encode()
+    with socket.create_connection((u.hostname, u.port)) as s:
+        s.sendall(f"POST {u.path} HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: "
+                  f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        s.settimeout(seconds)
+        try:
+            assert not s.recv(1024), "the hanging backend answered"
+        except TimeoutError:
+            pass
+
+
+def test_client_disconnect_releases_the_backend_at_once(procs):
+    hang = procs.fake("hang")
+    router = procs.router([hang.url], "--max-inflight", "1")
+    for body in (BODY, {**BODY, "stream": True}):
+        _disconnect_after(router.url + "/v1/completions", body, 0.5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        m = router_metrics(router.url)
+        with urllib.request.urlopen(hang.url + "/fake/state") as r:
+            fake = json.loads(r.read())
+        if m.get(f'baton_router_backend_inflight{{backend="{hang.url}"}}') == 0 and \
+                m.get("baton_router_requests_inflight") == 0 and fake["open"] == 0:
+            break
+        time.sleep(0.1)
+    assert m.get(f'baton_router_backend_inflight{{backend="{hang.url}"}}') == 0
+    assert m.get("baton_router_requests_inflight") == 0
+    assert outcome_count(router.url, "client_disconnected") == 2
+    assert sum(v for k, v in m.items() if k.startswith("baton_router_requests_total")) == 2
+    assert sum(v for k, v in m.items() if k.startswith("baton_router_retries_total")) == 0
+    assert fake == {"requests": 2, "open": 0}  # the legs were closed

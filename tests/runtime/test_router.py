@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -124,9 +126,17 @@ def test_malformed_and_auth(module_procs, urls):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req)
     assert e.value.code == 400
+    for target in (router.url, urls[0]):  # not UTF-8: 400 naming the body, counted
+        req = urllib.request.Request(target + "/v1/completions", data=b'{"prompt": "\xff\xfe"}',
+                                     method="POST", headers=key)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        assert e.value.code == 400 and json.loads(e.value.read())["error"]["param"] == "body"
     status, r = post(router.url + "/v1/completions", BODY, key)
     assert status == 200
-    assert outcome_count(router.url, "bad_request") == 3
+    assert outcome_count(router.url, "bad_request") == 4
+    assert sum(v for k, v in router_metrics(router.url).items()
+               if k.startswith("baton_router_requests_total")) == 6
     assert outcome_count(router.url, "unauthorized") == 1
 
 
