@@ -112,9 +112,9 @@ def token_text(token_id: int) -> str:
 
 
 def _int_field(body: dict, name: str, default: int | None, low: int) -> int | None:
-    v = body.get(name, default)
-    if v is None:
-        return None
+    v = body.get(name)
+    if v is None:  # absent or JSON null: the default, as vLLM
+        return default
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise BadRequest(name, f"must be an integer >= {low}, got {v!r}")
     return v

@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+from runtime import openai_api as oa
+
 from .conftest import fixed_policy, post, stream, text_of
 
 BODY = {"model": "m", "prompt": "one two three four five six seven eight", "max_tokens": 8}
@@ -155,3 +157,18 @@ def post_get_json(url: str):
 
     with urllib.request.urlopen(url) as r:
         return r.status, json.loads(r.read())
+
+
+def test_null_int_fields_take_the_default(module_procs, urls):
+    router = module_procs.router(urls, "--heuristic", "round_robin")
+    for target in (router.url, urls[0]):
+        status, r = post(target + "/v1/completions", {**BODY, "max_tokens": None, "n": None})
+        assert status == 200 and r["usage"]["completion_tokens"] == 16  # vLLM's default
+        status, r = post(target + "/v1/chat/completions",
+                         {**CHAT, "max_completion_tokens": None, "max_tokens": 5})
+        assert status == 200 and r["usage"]["completion_tokens"] == 5
+    # the router forwards the nulls: both parsers take the default
+    status, r = post(router.url + "/v1/chat/completions",
+                     {**CHAT, "max_completion_tokens": None, "max_tokens": None, "n": None})
+    assert status == 200 and r["usage"]["completion_tokens"] == oa.DEFAULT_CHAT_MAX_TOKENS
+    assert outcome_count(router.url, "ok") == 3
