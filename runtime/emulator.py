@@ -23,7 +23,8 @@ The role flag only labels the instance (NixlConnector ignores ``kv_role``; any i
 either leg). Generated text is fake (:mod:`runtime.openai_api`): words cycling through a fixed
 list, prompts tokenized one word per token. Test hooks: ``POST /emulator/faults`` (JSON with
 ``status`` (answer generation requests with this HTTP status), ``null_kv_params``,
-``drop_after_tokens`` (close streams abruptly after N tokens), ``slowdown``), and
+``drop_after_tokens`` (close streams abruptly after N tokens), ``drop_before_first_token``
+(close streams after the header, before any token), ``slowdown``), and
 ``GET /emulator/state``.
 """
 
@@ -295,15 +296,25 @@ class Emulator:
         if seq.first_scheduled_s >= 0:
             m.queue.labels(**lab).observe(seq.first_scheduled_s - seq.arrival_s)
 
+    def _observe_token(self, val: int, now_s: float, last_s: float) -> None:
+        """Inter-token latency of output token ``val`` (from the 2nd on), every request."""
+        if val > 1:
+            self.metrics.itl.labels(**self.metrics.labels).observe(now_s - last_s)
+
     async def _collect(self, req: oa.GenRequest, seq: Seq, model: str) -> web.Response:
         ids: list[int] = []
+        loop = asyncio.get_running_loop()
+        last_s = seq.arrival_s
         while True:
             kind, val = await seq.events.get()
             if kind == "end":
                 break
+            now_s = loop.time()
+            self._observe_token(val, now_s, last_s)
+            last_s = now_s
             ids.append(oa.output_token_id(seq.num_prompt_tokens + val - 1))
-        loop_s = asyncio.get_running_loop().time()
-        self._observe(seq, loop_s, loop_s, val)
+        loop_s = loop.time()
+        self._observe(seq, loop_s, last_s, val)
         text = "".join(oa.token_text(t) for t in ids)
         prefix = "chatcmpl-" if req.chat else "cmpl-"
         want_ids = req.return_token_ids
@@ -316,6 +327,7 @@ class Emulator:
 
     async def _stream(self, request: web.Request, req: oa.GenRequest, seq: Seq,
                       model: str) -> web.StreamResponse:
+        """SSE as vLLM: the finish reason rides on the last token's chunk (one token held)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Request-Id": seq.rid})
         await resp.prepare(request)
@@ -325,35 +337,52 @@ class Emulator:
             await resp.write(oa.sse(oa.completion_chunk(rid, model, None, chat=True,
                                                         first=True)))
         drop = int(self.faults.get("drop_after_tokens") or 0)
+        if self.faults.get("drop_before_first_token"):
+            return self._drop(request, resp, seq, 0)
         loop = asyncio.get_running_loop()
         last_s = seq.arrival_s
+        held: int | None = None  # token id not sent yet (it may be the last)
+        sent = 0
+
+        def chunk(tid: int, finish: str | None = None) -> bytes:
+            return oa.sse(oa.completion_chunk(rid, model, oa.token_text(tid), finish,
+                                              chat=req.chat,
+                                              token_ids=[tid] if want_ids else None))
+
         while True:
             kind, val = await seq.events.get()
             if kind == "end":
                 break
             now_s = loop.time()
-            if val > 1:
-                self.metrics.itl.labels(**self.metrics.labels).observe(now_s - last_s)
+            self._observe_token(val, now_s, last_s)
             last_s = now_s
-            tid = oa.output_token_id(seq.num_prompt_tokens + val - 1)
-            await resp.write(oa.sse(oa.completion_chunk(
-                rid, model, oa.token_text(tid), chat=req.chat,
-                token_ids=[tid] if want_ids else None)))
-            if drop and val >= drop:
-                logger.warning("injected fault: dropping the stream of %s after %d tokens",
-                               seq.rid, val)
-                self.engine.abort(seq)
-                request.transport.close()
-                return resp
+            if held is not None:
+                await resp.write(chunk(held))
+                sent += 1
+                if drop and sent >= drop:
+                    return self._drop(request, resp, seq, sent)
+            held = oa.output_token_id(seq.num_prompt_tokens + val - 1)
         self._observe(seq, loop.time(), last_s, val)
-        await resp.write(oa.sse(oa.completion_chunk(rid, model, None if req.chat else "", val,
-                                                    chat=req.chat)))
+        if held is not None:
+            await resp.write(chunk(held, val))
+        else:  # no token at all: the finish reason alone
+            await resp.write(oa.sse(oa.completion_chunk(rid, model, None if req.chat else "",
+                                                        val, chat=req.chat)))
         if req.include_usage:
             await resp.write(oa.sse(oa.usage_chunk(
                 rid, model, oa.usage(req.num_prompt_tokens, seq.num_output_tokens),
                 chat=req.chat)))
         await resp.write(oa.DONE)
         await resp.write_eof()
+        return resp
+
+    def _drop(self, request: web.Request, resp: web.StreamResponse, seq: Seq,
+              sent: int) -> web.StreamResponse:
+        """Injected fault: close the connection abruptly after ``sent`` tokens."""
+        logger.warning("injected fault: dropping the stream of %s after %d tokens", seq.rid,
+                       sent)
+        self.engine.abort(seq)
+        request.transport.close()
         return resp
 
 
