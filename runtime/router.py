@@ -383,14 +383,14 @@ class Router:
             err.backend = lead
             raise err
         ctx.tried.append(follow)
-        lb.transfers_out += 1
+        ho = _Handover(lb)  # counted out of the Lead until the Follow's first token
         try:
             if mode == "disaggregated":
                 return await self._final_leg(ctx, follow, legs.decode_body(ctx.req.body, kv), 0,
-                                             transfer=True)
-            return await self._tandem_follow(ctx, follow, r, kv, k)
+                                             transfer=True, handover=ho)
+            return await self._tandem_follow(ctx, follow, r, kv, k, ho)
         finally:
-            lb.transfers_out -= 1
+            ho.done()
 
     async def _json_leg(self, ctx: Ctx, i: int, path: str, body: dict) -> dict:
         try:
@@ -401,10 +401,11 @@ class Router:
             raise
 
     async def _final_leg(self, ctx: Ctx, i: int, body: dict, prefill_tokens: int,
-                         transfer: bool) -> web.StreamResponse:
+                         transfer: bool, handover: _Handover | None = None
+                         ) -> web.StreamResponse:
         """The leg whose answer goes to the client unchanged (colocated or decode)."""
         b = self.backends[i]
-        with _Leg(b, prefill_tokens, transfer) as acct:
+        with _Leg(b, prefill_tokens, transfer, handover) as acct:
             if not ctx.req.stream:
                 r = await self._json_leg(ctx, i, ctx.path, body)
                 acct.first_token()
@@ -441,7 +442,8 @@ class Router:
             await ctx.sink.write(raw, token=payload is not None)
         await ctx.sink.resp.write_eof()
 
-    async def _tandem_follow(self, ctx: Ctx, i: int, lead_resp: dict, kv: dict, k: int):
+    async def _tandem_follow(self, ctx: Ctx, i: int, lead_resp: dict, kv: dict, k: int,
+                             ho: _Handover):
         """Send the Lead's k tokens to the client, then continue on the Follow."""
         prompt_ids, out_ids = oa.response_token_ids(lead_resp)
         if not prompt_ids or not out_ids or len(out_ids) != k:
@@ -457,7 +459,7 @@ class Router:
         rid = ("chatcmpl-" if chat else "cmpl-") + ctx.rid
         b = self.backends[i]
         if not ctx.req.stream:
-            with _Leg(b, 0, True):
+            with _Leg(b, 0, True, ho):
                 r = await self._json_leg(ctx, i, "/v1/completions", body)
             ctx.sink.first_token_s = time.monotonic()
             fu = r.get("usage") or {}
@@ -473,7 +475,7 @@ class Router:
                                                             first=True)))
         await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, lead_text, chat=chat)),
                              token=True)
-        with _Leg(b, 0, True) as acct:
+        with _Leg(b, 0, True, ho) as acct:
             try:
                 s = await legs.open_stream(self.session, b.url + "/v1/completions", body,
                                            ctx.headers)
@@ -510,11 +512,27 @@ class Router:
         await ctx.sink.resp.write_eof()
 
 
+class _Handover:
+    """A hand-over counted in the Lead's ``transfers_out`` until the Follow's first token."""
+
+    def __init__(self, lead: Backend) -> None:
+        self.lead = lead
+        lead.transfers_out += 1
+
+    def done(self) -> None:
+        """The Follow produced a token, or the hand-over ended (idempotent)."""
+        if self.lead is not None:
+            self.lead.transfers_out -= 1
+            self.lead = None
+
+
 class _Leg:
     """In-flight accounting of one leg on one backend (context manager)."""
 
-    def __init__(self, b: Backend, prefill_tokens: int, transfer: bool = False) -> None:
+    def __init__(self, b: Backend, prefill_tokens: int, transfer: bool = False,
+                 handover: _Handover | None = None) -> None:
         self.b, self.prefill, self.transfer = b, prefill_tokens, transfer
+        self.handover = handover
 
     def __enter__(self) -> _Leg:
         b = self.b
@@ -528,6 +546,8 @@ class _Leg:
         self.b.queued_prefill_tokens -= self.prefill
         self.b.transfers_in -= int(self.transfer)
         self.prefill, self.transfer = 0, False
+        if self.handover is not None:
+            self.handover.done()
 
     def __exit__(self, *exc) -> None:
         self.first_token()

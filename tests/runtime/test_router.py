@@ -172,3 +172,48 @@ def test_null_int_fields_take_the_default(module_procs, urls):
                      {**CHAT, "max_completion_tokens": None, "max_tokens": None, "n": None})
     assert status == 200 and r["usage"]["completion_tokens"] == oa.DEFAULT_CHAT_MAX_TOKENS
     assert outcome_count(router.url, "ok") == 3
+
+
+def test_transfers_out_drops_at_the_follows_first_token(procs, tmp_path):
+    import json
+    import threading
+    import time
+
+    from .test_faults import set_faults
+
+    p, d = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["prefill", "decode"], 0, 1, mode="disaggregated")
+    router = procs.router([p.url, d.url], "--policy", str(pol))
+    set_faults(d.url, slowdown=30)  # ~0.2 s per decode token: the windows are observable
+    got_first, events = threading.Event(), []
+
+    def client():
+        req = urllib.request.Request(
+            router.url + "/v1/completions", data=json.dumps({**BODY, "stream": True}).encode(),
+            method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            for raw in r:
+                if raw.startswith(b"data:"):
+                    events.append(raw)
+                    got_first.set()
+
+    def gauges():
+        m = router_metrics(router.url)
+        return (m[f'baton_router_backend_transfers_out{{backend="{p.url}"}}'],
+                m[f'baton_router_backend_inflight{{backend="{d.url}"}}'])
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while gauges()[1] == 0 and time.monotonic() < deadline:  # the decode leg is open
+            time.sleep(0.01)
+        if not got_first.is_set():
+            assert gauges()[0] == 1  # handed over, no token yet
+        assert got_first.wait(10)
+        out, open_legs = gauges()
+        assert out == 0 and (open_legs == 1 or not t.is_alive())  # mid-stream: not pending
+    finally:
+        t.join(timeout=30)
+    assert not t.is_alive() and events[-1].strip() == b"data: [DONE]"
+    assert gauges() == (0, 0) and outcome_count(router.url, "ok", "disaggregated") == 1
