@@ -114,6 +114,8 @@ class Emulator:
                                    args.legacy_metric_names)
         self.faults: dict = {"status": args.fault_status, "null_kv_params": False,
                              "drop_after_tokens": 0}
+        self.last_remote_prefill: dict | None = None
+        """The ``kv_transfer_params`` of the last decode leg received (tests)."""
         self.session: aiohttp.ClientSession | None = None
         self._engine_task: asyncio.Task | None = None
 
@@ -189,7 +191,7 @@ class Emulator:
             "num_running": len(e.running), "num_waiting": len(e.waiting),
             "num_pinned": len(e.pinned), "kv_used_blocks": e.num_used_blocks,
             "kv_total_blocks": e.num_blocks, "num_iterations": e.num_iterations,
-            "role": self.args.role})
+            "role": self.args.role, "last_remote_prefill": self.last_remote_prefill})
 
     # ---- generation ------------------------------------------------------------------------
     def _check_key(self, request: web.Request) -> None:
@@ -235,6 +237,7 @@ class Emulator:
         kv = req.kv_transfer_params or {}
         seq.keep_kv = bool(kv.get("do_remote_decode"))
         if kv.get("do_remote_prefill"):
+            self.last_remote_prefill = kv
             err = await self._pull_remote_kv(seq, kv)
             if err:
                 return self._error(err, 500)

@@ -88,16 +88,35 @@ def test_backend_killed_mid_stream_ends_with_error_event(procs, tmp_path):
     assert outcome_count(router.url, "stream_error") == 1
 
 
-def test_stream_dropped_before_any_token_is_retried(procs, tmp_path):
+def test_stream_dropped_after_tokens_ends_with_error_event(procs, tmp_path):
     a, b = procs.emulator(), procs.emulator()
     pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)
     router = procs.router([a.url, b.url], "--policy", str(pol))
     set_faults(a.url, drop_after_tokens=3)
     status, ev, _ = stream(router.url + "/v1/completions", BODY)
     # tokens left a before the drop, so the router could not retry: error event
-    assert status == 200 and "error" in ev[-2]
+    assert status == 200 and "error" in ev[-2] and len(text_of(ev).split()) == 3
     assert retries(router.url, "stream_dropped") == 1
     assert outcome_count(router.url, "stream_error") == 1
+
+
+def test_stream_dropped_before_any_token_is_retried(procs, tmp_path):
+    a, b = procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 0)
+    router = procs.router([a.url, b.url], "--policy", str(pol), "--cooldown-s", "0")
+    set_faults(a.url, drop_before_first_token=True)
+    for path, body in (("/v1/completions", BODY),
+                       ("/v1/chat/completions",  # the role chunk went out before the drop
+                        {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                         "max_tokens": 4})):
+        status, ev, _ = stream(router.url + path, body)
+        assert status == 200 and ev[-1] == "[DONE]" and len(text_of(ev).split()) == \
+            body["max_tokens"]
+        assert not any("error" in e for e in ev if isinstance(e, dict))
+        assert sum(1 for e in ev if isinstance(e, dict) and e["choices"]
+                   and "role" in (e["choices"][0].get("delta") or {})) == int("chat" in path)
+    assert retries(router.url, "stream_dropped") == 2
+    assert outcome_count(router.url, "ok") == 2 and outcome_count(router.url, "stream_error") == 0
 
 
 def test_overload_answers_429_and_no_backend_503(procs):

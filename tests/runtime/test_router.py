@@ -85,7 +85,9 @@ def test_disaggregated_hands_kv_over(module_procs, urls, direct, tmp_path):
                            {**BODY, "stream_options": {"include_usage": True}},
                            headers={"X-Request-Id": "client-id-7"})
     assert text_of(ev) == direct[0]["choices"][0]["text"]
-    assert ev[0]["id"] == "cmpl-client-id-7"  # one X-Request-Id across legs
+    assert ev[0]["id"] == "cmpl-client-id-7"  # one X-Request-Id across legs:
+    # the prefill leg ran under the client's id (its KV is named by it)
+    assert state(urls[1])["last_remote_prefill"]["remote_request_id"] == "client-id-7"
     assert ev[-2]["usage"] == direct[0]["usage"]
     after = [state(u) for u in urls]
     assert after[0]["num_iterations"] - before[0] == 2  # one prefill iteration per request
