@@ -470,16 +470,18 @@ class Router:
             return web.json_response(oa.full_response(
                 rid, model, lead_text + oa.response_text(r), finish, use, chat=chat),
                 headers={"X-Request-Id": ctx.rid})
-        if chat:
-            await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, None, chat=True,
-                                                            first=True)))
-        await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, lead_text, chat=chat)),
-                             token=True)
         with _Leg(b, 0, True, ho) as acct:
             try:
+                # the Follow is open (headers in) before the client sees a byte: a refused or
+                # failing Follow can still be retried
                 s = await legs.open_stream(self.session, b.url + "/v1/completions", body,
                                            ctx.headers)
                 try:
+                    if chat:
+                        await ctx.sink.write(oa.sse(oa.completion_chunk(
+                            rid, model, None, chat=True, first=True)))
+                    await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, lead_text,
+                                                                    chat=chat)), token=True)
                     await self._relay_follow(ctx, s, acct, rid, model, lead_usage, k)
                 finally:
                     s.close()

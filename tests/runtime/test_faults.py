@@ -221,3 +221,20 @@ def test_client_disconnect_releases_the_backend_at_once(procs):
     assert sum(v for k, v in m.items() if k.startswith("baton_router_requests_total")) == 2
     assert sum(v for k, v in m.items() if k.startswith("baton_router_retries_total")) == 0
     assert fake == {"requests": 2, "open": 0}  # the legs were closed
+
+
+def test_refused_tandem_follow_is_retried(procs, tmp_path):
+    """The Follow stream opens before the Lead's tokens go out: a refusal is retryable."""
+    lead, follow, spare = procs.emulator(), procs.emulator(), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 3, 0, 1, split_bin=2)  # tandem 0 -> 1
+    router = procs.router([lead.url, follow.url, spare.url], "--policy", str(pol),
+                          "--scrape-interval-s", "60")
+    procs.kill(follow)  # still believed healthy (no scrape for 60 s)
+    status, ev, _ = stream(router.url + "/v1/completions", BODY)
+    assert status == 200 and ev[-1] == "[DONE]" and len(text_of(ev).split()) == 8
+    assert not any("error" in e for e in ev if isinstance(e, dict))
+    assert retries(router.url, "refused") == 1
+    assert outcome_count(router.url, "ok") == 1
+    for u in (lead.url, spare.url):  # nothing left running
+        assert json.loads(urllib.request.urlopen(u + "/emulator/state").read())[
+            "num_running"] == 0
