@@ -8,8 +8,9 @@ Legs (protocol notes 1.3, 1.5, 7):
 
 - prefill / Lead: the client body with ``kv_transfer_params = {do_remote_decode: true, ...}``,
   ``stream`` false, no ``stream_options``, ``max_tokens`` (and ``max_completion_tokens`` if
-  present) = k (1 for disaggregation), ``ignore_eos`` true, ``stop``/``stop_token_ids``/
-  ``min_tokens``/``min_completion_tokens`` removed, plus ``return_token_ids`` for k > 1;
+  present) = k (1 for disaggregation); for k = 1 ``ignore_eos`` true and ``stop``/
+  ``stop_token_ids``/``min_tokens``/``min_completion_tokens`` removed; for k > 1 the client's
+  stop criteria kept (min-tokens capped at k) plus ``return_token_ids``;
 - decode (k = 1): the client body unchanged plus the Lead's ``kv_transfer_params`` verbatim;
 - Follow (k > 1): ``/v1/completions`` with ``prompt`` = the Lead's prompt token ids + its k
   output token ids, ``max_tokens`` = N - k, the client's sampling fields, the Lead's
@@ -56,10 +57,23 @@ class BackendRejected(Exception):
 
 
 def lead_body(body: dict, k: int, token_ids: bool) -> dict:
-    """The prefill/Lead leg's body (k output tokens, hand-off requested)."""
-    out = {key: v for key, v in body.items() if key not in _STRIP_ON_LEAD}
-    out.update(stream=False, max_tokens=k, ignore_eos=True,
-               kv_transfer_params=dict(PREFILL_KV_PARAMS))
+    """The prefill/Lead leg's body (k output tokens, hand-off requested).
+
+    For k = 1 (a prefill) the stop criteria are stripped and EOS ignored, so the leg ends
+    length-capped and returns ``kv_transfer_params`` (protocol notes 1.3). For k > 1 the
+    Lead's tokens are the client's output: its ``stop``/``stop_token_ids``/EOS stay (a Lead
+    that stops early is the whole answer; one that ends length-capped hands over) and the
+    min-tokens fields are capped at k.
+    """
+    strip = _STRIP_ON_LEAD if k <= 1 else ("stream_options",)
+    out = {key: v for key, v in body.items() if key not in strip}
+    out.update(stream=False, max_tokens=k, kv_transfer_params=dict(PREFILL_KV_PARAMS))
+    if k <= 1:
+        out["ignore_eos"] = True
+    else:
+        for name in ("min_tokens", "min_completion_tokens"):
+            if isinstance(body.get(name), int):
+                out[name] = min(body[name], k)
     if "max_completion_tokens" in body:
         out["max_completion_tokens"] = k
     if token_ids:

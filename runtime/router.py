@@ -377,6 +377,10 @@ class Router:
         with _Leg(lb, ctx.req.num_prompt_tokens):
             r = await self._json_leg(ctx, lead, ctx.path,
                                      legs.lead_body(ctx.req.body, k, token_ids=k > 1))
+        finish = (r.get("choices") or [{}])[0].get("finish_reason")
+        if k > 1 and finish not in (None, "length"):  # the client's stop within k tokens
+            return self._lead_answer(ctx, r, finish) if not ctx.req.stream \
+                else await self._lead_answer_stream(ctx, r, finish)
         kv = r.get("kv_transfer_params")
         if not kv:
             err = legs.LegError("null_kv_params", "prefill response had no kv_transfer_params")
@@ -391,6 +395,30 @@ class Router:
             return await self._tandem_follow(ctx, follow, r, kv, k, ho)
         finally:
             ho.done()
+
+    def _lead_answer(self, ctx: Ctx, r: dict, finish: str) -> web.Response:
+        """A Lead that stopped before k tokens is the whole answer (non-streaming)."""
+        ctx.sink.first_token_s = time.monotonic()
+        chat, rid = ctx.req.chat, ("chatcmpl-" if ctx.req.chat else "cmpl-") + ctx.rid
+        body = oa.full_response(rid, r.get("model", ""), oa.response_text(r), finish,
+                                r.get("usage") or {}, chat=chat)
+        return web.json_response(body, headers={"X-Request-Id": ctx.rid})
+
+    async def _lead_answer_stream(self, ctx: Ctx, r: dict, finish: str) -> web.StreamResponse:
+        """A Lead that stopped before k tokens, as the client's stream."""
+        chat, model = ctx.req.chat, r.get("model", "")
+        rid = ("chatcmpl-" if chat else "cmpl-") + ctx.rid
+        if chat:
+            await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, None, chat=True,
+                                                            first=True)))
+        await ctx.sink.write(oa.sse(oa.completion_chunk(rid, model, oa.response_text(r),
+                                                        finish, chat=chat)), token=True)
+        if ctx.req.include_usage:
+            await ctx.sink.write(oa.sse(oa.usage_chunk(rid, model, r.get("usage") or {},
+                                                       chat=chat)))
+        await ctx.sink.write(oa.DONE)
+        await ctx.sink.resp.write_eof()
+        return ctx.sink.resp
 
     async def _json_leg(self, ctx: Ctx, i: int, path: str, body: dict) -> dict:
         try:

@@ -220,7 +220,7 @@ def test_client_disconnect_releases_the_backend_at_once(procs):
     assert outcome_count(router.url, "client_disconnected") == 2
     assert sum(v for k, v in m.items() if k.startswith("baton_router_requests_total")) == 2
     assert sum(v for k, v in m.items() if k.startswith("baton_router_retries_total")) == 0
-    assert fake == {"requests": 2, "open": 0}  # the legs were closed
+    assert (fake["requests"], fake["open"]) == (2, 0)  # the legs were closed
 
 
 def test_refused_tandem_follow_is_retried(procs, tmp_path):
@@ -238,3 +238,25 @@ def test_refused_tandem_follow_is_retried(procs, tmp_path):
     for u in (lead.url, spare.url):  # nothing left running
         assert json.loads(urllib.request.urlopen(u + "/emulator/state").read())[
             "num_running"] == 0
+
+
+def test_tandem_lead_keeps_stop_criteria_and_its_early_stop_is_the_answer(procs, tmp_path):
+    lead, follow = procs.fake("stop_early"), procs.emulator()
+    pol = fixed_policy(tmp_path / "p", ["unified"] * 2, 0, 1, split_bin=2)  # tandem, k = 4
+    router = procs.router([lead.url, follow.url], "--policy", str(pol))
+    body = {**BODY, "stop": ["zzz"], "stop_token_ids": [5], "min_tokens": 6}
+    status, r = post(router.url + "/v1/completions", body)
+    assert status == 200 and r["choices"][0]["text"] == " early"
+    assert r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] == 1
+    sent = json.loads(urllib.request.urlopen(lead.url + "/fake/state").read())["last_body"]
+    assert sent["stop"] == ["zzz"] and sent["stop_token_ids"] == [5]
+    assert "ignore_eos" not in sent and sent["min_tokens"] == 4 and sent["max_tokens"] == 4
+    status, ev, _ = stream(router.url + "/v1/completions",
+                           {**body, "stream_options": {"include_usage": True}})
+    assert status == 200 and text_of(ev) == " early" and ev[-1] == "[DONE]"
+    assert ev[-3]["choices"][0]["finish_reason"] == "stop" and ev[-2]["usage"]
+    assert outcome_count(router.url, "ok", "tandem") == 2
+    assert sum(v for k, v in router_metrics(router.url).items()
+               if k.startswith("baton_router_retries_total")) == 0
+    assert json.loads(urllib.request.urlopen(follow.url + "/emulator/state").read())[
+        "num_iterations"] == 0  # no Follow
