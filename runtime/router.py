@@ -378,7 +378,7 @@ class Router:
             r = await self._json_leg(ctx, lead, ctx.path,
                                      legs.lead_body(ctx.req.body, k, token_ids=k > 1))
         finish = (r.get("choices") or [{}])[0].get("finish_reason")
-        if k > 1 and finish not in (None, "length"):  # the client's stop within k tokens
+        if k > 1 and finish not in (None, "length", "abort"):  # the client's stop within k
             return self._lead_answer(ctx, r, finish) if not ctx.req.stream \
                 else await self._lead_answer_stream(ctx, r, finish)
         kv = r.get("kv_transfer_params")
