@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -39,7 +40,17 @@ def router_metrics(url: str) -> dict[str, float]:
 
 
 def outcome_count(url: str, outcome: str, mode: str | None = None) -> float:
-    return sum(v for k, v in router_metrics(url).items()
+    """Requests counted with ``outcome`` once the router has none in flight.
+
+    A streamed response reaches the client (``[DONE]``) just before the router's handler
+    returns and counts it, so wait (up to 5 s) for the in-flight gauge to reach 0 first.
+    """
+    deadline = time.monotonic() + 5.0
+    metrics = router_metrics(url)
+    while metrics.get("baton_router_requests_inflight", 0.0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        metrics = router_metrics(url)
+    return sum(v for k, v in metrics.items()
                if k.startswith("baton_router_requests_total") and f'outcome="{outcome}"' in k
                and (mode is None or f'mode="{mode}"' in k))
 
