@@ -96,6 +96,7 @@ def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
 def run_live(workload, heuristic: str, num_instances: int) -> dict:
     """Mean TTFT / TPOT / E2E (ms) through router + emulators on loopback (loadgen)."""
     from runtime import loadgen
+    from runtime.launch import stop_processes
 
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -121,14 +122,7 @@ def run_live(workload, heuristic: str, num_instances: int) -> dict:
         time.sleep(0.6)  # a couple of scrapes so the router sees every backend healthy
         results, duration = asyncio.run(loadgen.replay(base, workload, model="m"))
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
     s = loadgen.summarize(results, duration)
     return {"completed": s["completed"], "failed": s["failed"],
             "ttft_ms": s["ttft_ms"]["mean"], "tpot_ms": s["tpot_ms"]["mean"],

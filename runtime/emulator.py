@@ -123,11 +123,7 @@ class Emulator:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.prometheus)
+        oa.add_openai_routes(app, self)
         app.router.add_post("/emulator/kv_pull", self.kv_pull)
         app.router.add_post("/emulator/faults", self.set_faults)
         app.router.add_get("/emulator/state", self.state)

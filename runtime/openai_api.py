@@ -300,3 +300,16 @@ def response_token_ids(resp: dict) -> tuple[list[int] | None, list[int] | None]:
     """``(prompt_token_ids, token_ids)`` of a non-streaming response, None when absent."""
     c = (resp.get("choices") or [{}])[0]
     return c.get("prompt_token_ids", resp.get("prompt_token_ids")), c.get("token_ids")
+
+
+def add_openai_routes(app, server) -> None:
+    """Register vLLM's OpenAI-compatible surface on an aiohttp ``app``.
+
+    ``server`` provides the handlers ``completions``, ``chat_completions``, ``models``,
+    ``health`` and ``prometheus`` (the emulator and the router both do).
+    """
+    app.router.add_post("/v1/completions", server.completions)
+    app.router.add_post("/v1/chat/completions", server.chat_completions)
+    app.router.add_get("/v1/models", server.models)
+    app.router.add_get("/health", server.health)
+    app.router.add_get("/metrics", server.prometheus)

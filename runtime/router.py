@@ -167,11 +167,7 @@ class Router:
     def app(self) -> web.Application:
         """The aiohttp application."""
         app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_get("/v1/models", self.models)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.prometheus)
+        oa.add_openai_routes(app, self)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
