@@ -235,9 +235,12 @@ def test_refused_tandem_follow_is_retried(procs, tmp_path):
     assert not any("error" in e for e in ev if isinstance(e, dict))
     assert retries(router.url, "refused") == 1
     assert outcome_count(router.url, "ok") == 1
-    for u in (lead.url, spare.url):  # nothing left running
-        assert json.loads(urllib.request.urlopen(u + "/emulator/state").read())[
-            "num_running"] == 0
+    for u in (lead.url, spare.url):  # nothing left running (an emulator frees its slot
+        deadline = time.monotonic() + 5.0  # just after the last chunk goes out)
+        while (running := json.loads(urllib.request.urlopen(u + "/emulator/state").read())[
+                "num_running"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert running == 0
 
 
 def test_tandem_lead_keeps_stop_criteria_and_its_early_stop_is_the_answer(procs, tmp_path):
