@@ -474,11 +474,7 @@ class Instance:
         if plan.batch_seqs:
             self._step += 1
             if self._register_pending:
-                pending = self._register_pending
-                for seq, r in list(pending.items()):
-                    self._register(r)
-                    if not self._can_register(r):
-                        del pending[seq]
+                self._register_batch()
             stopped = self._pop_stopped() if self._stops[0][0] <= self._step else []
         else:
             stopped = []
@@ -507,6 +503,14 @@ class Instance:
         if self._tail:
             self._promote()
         return stopped
+
+    def _register_batch(self) -> None:
+        """Offer the decode-batch members' next prompt blocks to the prefix cache."""
+        pending = self._register_pending
+        for seq, r in list(pending.items()):
+            self._register(r)
+            if not self._can_register(r):
+                del pending[seq]
 
     def register_prefix(self, r: Request) -> None:
         """Offer ``r``'s computed full prompt blocks to the prefix cache (after a KV hand-in)."""
@@ -667,6 +671,11 @@ class Instance:
             assert ok, "a decode run's blocks were taken meanwhile"
             self.run_owed_blocks = 0
         self._step += done
+        if self._register_pending:
+            # the run was planned when no member could register; an allocation pulled in
+            # meanwhile (which cut the run to the iteration in flight) may have evicted the
+            # entry a member waited on: its last iteration registers, as one-by-one would
+            self._register_batch()
         if self._stops and self._stops[0][0] <= self._step:
             return self._pop_stopped()
         return []

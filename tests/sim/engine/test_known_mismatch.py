@@ -1,9 +1,12 @@
-"""A recorded case where fast-forward and one-event-per-iteration simulation still disagree.
+"""A recorded case where fast-forward and one-event-per-iteration simulation disagreed.
 
 Found by the property tests: the distserve router on two small unified instances with prefix
-caching on and ``scheduler_reserve_full_isl`` off. The code before the aggregated decode batch
-failed it too (with more differences). Marked ``xfail(strict=True)``: when a fix makes the two
-agree, this test starts passing and strict mode asks for the marker to go.
+caching on and ``scheduler_reserve_full_isl`` off. A decode run was planned while a member's
+next prompt hash was cached by another request (nothing to register); a KV hand-in pulled
+during the run evicted that entry, and one-by-one iterations register the member's prompt
+blocks at the end of the iteration in flight, while the run's end did not register at all, so
+the next admission found a shorter prefix hit. A run's end now registers like its last
+iteration (``Instance.finish_decode_run``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sim.catalog import get_gpu, get_model
 from sim.engine import ClusterConfig, SimConfig, Simulator
@@ -24,8 +26,6 @@ from sim.workload import Workload
 CASE = Path(__file__).parent / "fixtures" / "ff_mismatch_prefix_no_full_isl.json"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="known fast-forward mismatch (see module docstring)")
 def test_fast_forward_equals_per_iteration_on_the_recorded_case():
     d = json.loads(CASE.read_text())
     w = Workload(np.array(d["arrival_s"]), np.array(d["prompt_tokens"]),
