@@ -2,9 +2,11 @@
 
 ``python -m experiments.bench_router [--n 2000] [--requests 300]`` prints
 
-- decision time (build the ClusterView + encode + ONNX act + decode) p50/p99 over ``--n``
-  decisions for an 8-instance tandem policy (a random linear ONNX graph of the exporter's
-  format) and for the ``dynaserve`` heuristic;
+- decision time p50/p99 over ``--n`` decisions: what ``Router._decide`` times
+  (``RequestInfo`` + :meth:`runtime.router.Router.decide`: backend health, the view's lists
+  from the scraped state, encode, ONNX act, decode) for an 8-instance tandem policy (a random
+  linear ONNX graph of the exporter's format), and the same with a ClusterView for the
+  ``dynaserve`` heuristic;
 - added latency: one emulator and one router on 127.0.0.1; ``--requests`` sequential
   non-streaming requests (``max_tokens`` 1) sent directly and through the router, alternating;
   p50/p99 of each and the difference of the medians. Closed loop, one request at a time;
@@ -43,7 +45,7 @@ def _pct(xs: list[float]) -> str:
 def bench_decisions(n: int) -> None:
     """Decision time of a policy and a heuristic (in process)."""
     sys.path.insert(0, str(REPO))
-    from runtime.backends import Scrape, build_view
+    from runtime.backends import Scrape
     from runtime.router import Router, build_parser
     from runtime.testing import make_layout, write_linear_policy
     from sim.routing import RequestInfo
@@ -59,12 +61,13 @@ def bench_decisions(n: int) -> None:
             router = Router(build_parser().parse_args(["--backends", *backends, *extra]))
             for b in router.backends:
                 b.scrape = Scrape(int(rng.integers(0, 40)), int(rng.integers(0, 20)), 0.3)
+                b.scrape_ok = True
             times = []
-            healthy = [True] * 8
+            now = time.monotonic()
             for k in range(n):
                 t = time.perf_counter()
-                view = build_view(router.backends, 0.01 * k, router.block_size)
-                router.decider(view, RequestInfo(k, 0.01 * k, 500, 200), healthy)
+                # what Router._decide times: the arrival's RequestInfo, then Router.decide
+                router.decide(RequestInfo(k, 0.01 * k, 500, 200), now)
                 times.append(time.perf_counter() - t)
             print(f"decision ({label:20s}): {_pct(times[n // 10:])}")
 

@@ -188,6 +188,15 @@ class OnnxPolicy:
                 self._raise_empty_dimension(m)
         return action[0] if single else action
 
+    def bind(self) -> BoundPolicy:
+        """A single-observation runner over preallocated, session-bound buffers.
+
+        For a caller deciding one observation at a time in a hot loop (the live router):
+        fill :attr:`BoundPolicy.obs` and :attr:`BoundPolicy.mask` in place, then call it.
+        Same graph, same session, same answer as :meth:`act` for the same inputs.
+        """
+        return BoundPolicy(self)
+
     def _raise_empty_dimension(self, m: np.ndarray) -> None:
         any_valid = np.logical_or.reduceat(m, self._offsets, axis=1)
         if any_valid.all():
@@ -276,3 +285,46 @@ def _check_session(session: ort.InferenceSession, sidecar: dict[str, Any], path:
                 f"{path}: {name!r} is {a.type} {a.shape}, the sidecar expects "
                 f"{_ORT_TYPES[name]} [batch, {width}]; re-export both files together"
             )
+
+
+class BoundPolicy:
+    """:meth:`OnnxPolicy.act` for one observation, without per-call array allocation.
+
+    ``obs`` ``(1, obs_dim)`` float32 and ``mask`` ``(1, sum(nvec))`` bool are bound to the
+    session's inputs once (onnxruntime IOBinding over these buffers, zero-copy on CPU) and the
+    action to a preallocated int64 buffer. The caller fills ``obs`` and ``mask`` in place (never
+    rebinds them) and calls the object. Unlike :meth:`OnnxPolicy.act` the observation is not
+    checked for NaN/inf (the caller's encoder produces finite values); the chosen entries are
+    checked against the mask as there.
+    """
+
+    def __init__(self, policy: OnnxPolicy) -> None:
+        self.policy = policy
+        n_mask = int(policy.nvec.sum())
+        self.obs = np.zeros((1, policy.obs_dim), dtype=np.float32)
+        self.mask = np.ones((1, n_mask), dtype=bool)
+        self.action = np.zeros((1, len(policy.nvec)), dtype=np.int64)
+        session = policy.session
+        io = session.io_binding()
+        for name, arr in ((OBS_INPUT, self.obs), (MASK_INPUT, self.mask)):
+            io.bind_input(name, "cpu", 0, arr.dtype.type, list(arr.shape), arr.ctypes.data)
+        io.bind_output(ACTION_OUTPUT, "cpu", 0, np.int64, list(self.action.shape),
+                       self.action.ctypes.data)
+        self._io = io
+        self._run = session.run_with_iobinding
+        self._mask_row = self.mask[0]
+        self._offsets = [int(x) for x in policy._offsets]
+
+    def __call__(self) -> list[int]:
+        """The action for the current buffers, one int per dimension.
+
+        Raises:
+            ValueError: a dimension of the mask has no allowed entry.
+        """
+        self._run(self._io)
+        action = self.action[0].tolist()
+        row = self._mask_row
+        for a, lo in zip(action, self._offsets):
+            if not row[lo + a]:
+                self.policy._raise_empty_dimension(self.mask)
+        return action

@@ -112,21 +112,31 @@ class Backend:
         return max(scraped, self.inflight)
 
 
+_NO_SCRAPE = Scrape()
+
+
+def view_fields(backends: list[Backend]) -> dict[str, list[int]]:
+    """Every :data:`~sim.routing.VIEW_FIELDS` list of the backends now (module docstring)."""
+    running, waiting, used, queued, t_in, t_out, total = [], [], [], [], [], [], []
+    for b in backends:
+        s = b.scrape or _NO_SCRAPE
+        r = s.num_running
+        running.append(r)
+        waiting.append(max(s.num_waiting, b.inflight - r))
+        used.append(round(s.kv_used_frac * b.kv_total_blocks))
+        queued.append(b.queued_prefill_tokens)
+        t_in.append(b.transfers_in)
+        t_out.append(b.transfers_out)
+        total.append(b.kv_total_blocks)
+    return {"num_waiting": waiting, "num_running": running, "queued_prefill_tokens": queued,
+            "kv_used_blocks": used, "kv_total_blocks": total, "num_transfers_in": t_in,
+            "num_transfers_out": t_out}
+
+
 def build_view(backends: list[Backend], now_s: float, block_size: int) -> ClusterView:
     """The :class:`ClusterView` of the backends now (see the module docstring)."""
-    running, waiting, used = [], [], []
-    for b in backends:
-        s = b.scrape or Scrape()
-        running.append(s.num_running)
-        waiting.append(max(s.num_waiting, b.inflight - s.num_running))
-        used.append(round(s.kv_used_frac * b.kv_total_blocks))
-    return ClusterView(
-        now_s, tuple(b.role for b in backends), block_size,
-        num_waiting=waiting, num_running=running,
-        queued_prefill_tokens=[b.queued_prefill_tokens for b in backends],
-        kv_used_blocks=used, kv_total_blocks=[b.kv_total_blocks for b in backends],
-        num_transfers_in=[b.transfers_in for b in backends],
-        num_transfers_out=[b.transfers_out for b in backends])
+    return ClusterView(now_s, tuple(b.role for b in backends), block_size,
+                       **view_fields(backends))
 
 
 async def scrape_once(session: aiohttp.ClientSession, b: Backend, headers: dict,

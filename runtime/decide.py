@@ -21,6 +21,9 @@ from sim.routing import ClusterView, Decision, RequestInfo
 
 LEAD_ROLES = ("unified", "prefill")
 FOLLOW_ROLES = ("unified", "decode")
+_ENCODED = ("queued_prefill_tokens", "num_waiting", "num_running", "num_transfers_in",
+            "num_transfers_out", "kv_used_blocks")
+"""View fields the observation reads."""
 
 
 class PolicyDecider:
@@ -36,6 +39,8 @@ class PolicyDecider:
                              "it with train.py (policies.sb3_train.export)") from None
         self.encoder = ObservationEncoder.from_layout(self.layout)
         self.name = f"policy:{Path(path).name}"
+        self._act = self.net.bind()
+        self._obs, self._mask = self._act.obs, self._act.mask[0]
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -54,7 +59,19 @@ class PolicyDecider:
 
     def __call__(self, view: ClusterView, req: RequestInfo, healthy: list[bool]) -> Decision:
         """Decision for one arriving request (call once per request, in arrival order)."""
-        obs, mask = self.encoder.encode(view, req)
+        return self.decide_fields({name: view.values(name) for name in _ENCODED}, req, healthy)
+
+    def decide_fields(self, fields: dict, req: RequestInfo, healthy: list[bool]) -> Decision:
+        """:meth:`__call__` from the view's per-instance lists (``ClusterView.values``).
+
+        The router's path: no ClusterView, the observation and mask are written into the
+        buffers bound to the policy's session (same values as ``encoder.encode``).
+        """
+        mask = self._mask
+        self.encoder.encode_into(
+            self._obs, mask, fields["queued_prefill_tokens"], fields["num_waiting"],
+            fields["num_running"], fields["num_transfers_in"], fields["num_transfers_out"],
+            fields["kv_used_blocks"], req)
         if not all(healthy):
             n = self.encoder.num_instances
             h = np.asarray(healthy, dtype=bool)
@@ -62,7 +79,7 @@ class PolicyDecider:
                 allowed = mask[lo:lo + n] & h
                 if allowed.any():
                     mask[lo:lo + n] = allowed
-        return self.encoder.decode(self.net.act(obs, mask), req)
+        return self.encoder.decode(self._act(), req)
 
 
 class HeuristicDecider:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -37,9 +38,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from runtime import legs
 from runtime import openai_api as oa
-from runtime.backends import Backend, build_view, scrape_forever
+from runtime.backends import Backend, build_view, scrape_forever, view_fields
 from runtime.decide import FOLLOW_ROLES, HeuristicDecider, PolicyDecider, fallback
-from sim.routing import RequestInfo
+from sim.routing import Decision, RequestInfo
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Router:
                         else HeuristicDecider(args.heuristic, args.seed))
         self.backends = self._backends(args)
         self.block_size = getattr(self.decider, "block_size", args.block_size)
+        self._by_fields = isinstance(self.decider, PolicyDecider)
         self.metrics = RouterMetrics(self.backends)
         self.num_inflight = 0
         self.num_requests = 0
@@ -302,21 +304,32 @@ class Router:
             pass
         return ctx.sink.resp
 
-    def _decide(self, ctx: Ctx):
+    def decide(self, info: RequestInfo, now: float) -> Decision | None:
+        """The decider's answer for one arrival at monotonic time ``now`` (None: no backend
+        is healthy). What ``baton_router_decision_seconds`` times; a policy reads the
+        backends' lists directly, a heuristic gets a :class:`~sim.routing.ClusterView`."""
+        backends = self.backends
+        healthy = [b.healthy(now) for b in backends]
+        if not any(healthy):
+            return None
+        if self._by_fields:
+            return self.decider.decide_fields(view_fields(backends), info, healthy)
+        return self.decider(build_view(backends, now - self.t_start_s, self.block_size), info,
+                            healthy)
+
+    def _decide(self, ctx: Ctx) -> Decision | None:
         """Decision for a new request, timed."""
         t = time.perf_counter()
         now = time.monotonic()
-        view = build_view(self.backends, now - self.t_start_s, self.block_size)
-        healthy = [b.healthy(now) for b in self.backends]
         info = RequestInfo(self.num_requests, now - self.t_start_s, ctx.req.num_prompt_tokens,
                            ctx.req.max_tokens)
         self.num_requests += 1
-        d = self.decider(view, info, healthy) if any(healthy) else None
+        d = self.decide(info, now)
         self.metrics.decision.observe(time.perf_counter() - t)
-        return d, view, healthy
+        return d
 
     async def _serve(self, ctx: Ctx) -> tuple[web.StreamResponse, str]:
-        d, view, healthy = self._decide(ctx)
+        d = self._decide(ctx)
         if d is None:
             return _error(503, "no healthy backend", "ServiceUnavailableError"), "unavailable"
         if d.reject:
@@ -648,6 +661,9 @@ def main(argv: list[str] | None = None) -> None:
     router = Router(args)
     logger.info("routing with %s over %s", router.decider.name,
                 [(b.url, b.role) for b in router.backends])
+    # everything built so far (modules, the ONNX session, the app) lives as long as the
+    # process: keep it out of the collector's full passes (pauses on the request path)
+    gc.freeze()
     # a client that goes away cancels its handler: legs close, accounting is released now
     # (aiohttp's default keeps the handler running until a backend timeout)
     web.run_app(router.app(), host=args.host, port=args.port, access_log=None,

@@ -213,18 +213,43 @@ class ObservationEncoder:
         beats a dozen tiny numpy calls (a hot path of every environment step and routed
         request). Values are computed in float64 and rounded once to float32.
         """
+        obs = np.array(self._features(queued, waiting, running, transfers_in, transfers_out,
+                                      used_blocks, req, observe), dtype=np.float32)
+        np.minimum(obs, OBS_HIGH, out=obs)   # guards absurd inputs; -1 is the floor above
+        return obs, self.mask(req.num_prompt_tokens, req.predicted_output_tokens)
+
+    def encode_into(self, obs: np.ndarray, mask: np.ndarray, queued, waiting, running,
+                    transfers_in, transfers_out, used_blocks, req: RequestInfo,
+                    observe: bool = True) -> None:
+        """:meth:`encode_values` written into caller-owned buffers (no allocation of arrays).
+
+        ``obs`` is a float32 array of ``obs_dim`` elements and ``mask`` a bool array of
+        ``sum(nvec)`` elements (any shapes of that size, C-contiguous); afterwards they hold
+        exactly what :meth:`encode_values` would return. For a caller that reuses the same
+        buffers every decision (the live router binds them to the policy's session once).
+        """
+        flat = obs.reshape(-1)
+        flat[:] = self._features(queued, waiting, running, transfers_in, transfers_out,
+                                 used_blocks, req, observe)
+        np.minimum(flat, OBS_HIGH, out=flat)
+        self._fill_mask(mask.reshape(-1), req.num_prompt_tokens, req.predicted_output_tokens)
+
+    def _features(self, queued, waiting, running, transfers_in, transfers_out, used_blocks,
+                  req: RequestInfo, observe: bool) -> list[float]:
+        """The observation as float64 Python floats, before the float32 rounding and clip."""
         lg = math.log1p
         it, ic, itr = self._inv_tok, self._inv_cnt, self._inv_tr
         prompt, pred = req.num_prompt_tokens, req.predicted_output_tokens
         need = -(-(prompt + pred) // self.block_size)
         out: list[float] = []
         ext = out.extend
-        for i, (inv_total, free_base, role) in enumerate(self._static):
-            u = used_blocks[i] * inv_total
+        for (inv_total, free_base, role), q, w, r, t_in, t_out, used in zip(
+                self._static, queued, waiting, running, transfers_in, transfers_out,
+                used_blocks):
+            u = used * inv_total
             f = free_base - u - need * inv_total
-            ext((lg(queued[i]) * it, lg(waiting[i]) * ic, lg(running[i]) * ic, u,
-                 f if f > -1.0 else -1.0, lg(transfers_in[i]) * itr,
-                 lg(transfers_out[i]) * itr))
+            ext((lg(q) * it, lg(w) * ic, lg(r) * ic, u, f if f > -1.0 else -1.0,
+                 lg(t_in) * itr, lg(t_out) * itr))
             ext(role)
         gap = self._observe_arrival(req.arrival_s) if observe else self._last_gap_s
         ewma = self._gap_ewma_s
@@ -232,9 +257,7 @@ class ObservationEncoder:
         rate = 0.0 if ewma is None else (1.0 / ewma if ewma > 0 else math.inf)
         ext((lg(prompt) * it, lg(pred) * it, self._ttft_feat, self._tpot_feat,
              lg(rate) * self._inv_rate, lg(gap * self._inv_tpot_scale) * self._inv_gap))
-        obs = np.array(out, dtype=np.float32)
-        np.minimum(obs, OBS_HIGH, out=obs)   # guards absurd inputs; -1 is the floor above
-        return obs, self.mask(prompt, pred)
+        return out
 
     def _observe_arrival(self, arrival_s: float) -> float:
         """Update the rate estimate with one arrival; returns the gap to the previous, s."""
@@ -252,8 +275,15 @@ class ObservationEncoder:
 
     def mask(self, prompt_tokens: int, predicted_output_tokens: int) -> np.ndarray:
         """Flat action mask for a request (see the module docstring)."""
+        m = np.empty_like(self._mask_buf)
+        self._fill_mask(m, prompt_tokens, predicted_output_tokens)
+        return m
+
+    def _fill_mask(self, m: np.ndarray, prompt_tokens: int,
+                   predicted_output_tokens: int) -> None:
+        """Write :meth:`mask` into ``m`` (flat, ``sum(nvec)`` bools)."""
         n = self.num_instances
-        m = self._mask_buf.copy()
+        m[:] = self._mask_buf
         if prompt_tokens + 1 > self._min_cap:  # some instance cannot hold it
             lead = self._lead_role & (self._cap_tokens >= prompt_tokens + 1)
             m[:n] = lead if lead.any() else self._lead_role
@@ -261,7 +291,6 @@ class ObservationEncoder:
         if total > self._min_cap:
             follow = self._follow_role & (self._cap_tokens >= total)
             m[n:2 * n] = follow if follow.any() else self._follow_role
-        return m
 
     # ---- decoding -------------------------------------------------------------------------
     def decode(self, action, req: RequestInfo) -> Decision:

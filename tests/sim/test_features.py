@@ -111,3 +111,27 @@ def test_bad_configs_name_the_field():
         FeatureConfig(split_bins=[0.0, 1.5])
     with pytest.raises(ValueError, match="roles"):
         ObservationEncoder(("gpu",), [10], 16, 1.0, 0.1)
+
+
+@pytest.mark.parametrize("mode,roles", [("tandem", ("unified", "prefill", "decode", "unified")),
+                                        ("disaggregated", ("prefill", "decode", "decode"))])
+def test_encode_into_writes_exactly_what_encode_values_returns(mode, roles):
+    """The router's in-place path: same bits, same mask, same arrival-rate state."""
+    rng = np.random.default_rng(3)
+    n = len(roles)
+    kv = [int(x) for x in rng.integers(0, 3000, n)]
+    a = ObservationEncoder(roles, kv, 16, 1.0, 0.05, mode=mode)
+    b = ObservationEncoder(roles, kv, 16, 1.0, 0.05, mode=mode)
+    obs_buf = np.full((1, a.obs_dim), np.nan, np.float32)
+    mask_buf = np.zeros(sum(a.nvec), bool)
+    t = 0.0
+    for k in range(400):
+        big = k % 20 == 0  # clipped features, requests no instance can hold
+        lists = [[int(x) for x in rng.integers(0, 10**7 if big else 50, n)] for _ in range(6)]
+        t += float(rng.exponential(0.01)) if k % 5 else 0.0
+        req = RequestInfo(k, t, int(rng.integers(1, 60000)), int(rng.integers(1, 5000)))
+        observe = k % 7 != 0
+        obs, mask = a.encode_values(*lists, req, observe)
+        b.encode_into(obs_buf, mask_buf, *lists, req, observe)
+        assert obs_buf[0].tobytes() == obs.tobytes()
+        assert mask_buf.tolist() == mask.tolist()
