@@ -6,6 +6,8 @@ instance index, so runs are deterministic.
 
 from __future__ import annotations
 
+from operator import add
+
 import numpy as np
 
 from sim.routing import ClusterView, Decision, RequestInfo
@@ -33,20 +35,22 @@ def _eligible(view: ClusterView, req: RequestInfo, roles: tuple[str, ...]) -> li
     Falls back to every instance when no instance has one of the roles.
     """
     need_blocks = -(-(req.num_prompt_tokens + req.predicted_output_tokens) // view.block_size)
-    idx = view.index_list(roles) or list(range(view.num_instances))
-    total = view.values("kv_total_blocks")
-    ok = [i for i in idx if total[i] >= need_blocks]
-    return ok or idx
+    return view.candidates(roles, need_blocks)
 
 
 def _argmin(idx: list[int], load) -> int:
-    """Index in ``idx`` with the smallest ``load(i)``; ties to the lowest index."""
+    """Index in ``idx`` with the smallest ``load(i)``; ties to the first in ``idx``."""
     best, best_load = idx[0], load(idx[0])
     for i in idx[1:]:
         v = load(i)
         if v < best_load:
             best, best_load = i, v
     return best
+
+
+def _argmin_of(idx: list[int], loads: list) -> int:
+    """Index in ``idx`` with the smallest ``loads[i]``; ties to the first in ``idx``."""
+    return min(idx, key=loads.__getitem__)  # min keeps the first of equal keys
 
 
 class RoundRobin(Router):
@@ -78,7 +82,7 @@ class JoinShortestQueue(Router):
         """Shortest queue among eligible unified instances."""
         idx = _eligible(view, req, ("unified",))
         w, r = view.values("num_waiting"), view.values("num_running")
-        i = _argmin(idx, lambda k: w[k] + r[k])
+        i = _argmin_of(idx, list(map(add, w, r)))
         return Decision(i, i, COLOCATE)
 
 
@@ -106,7 +110,7 @@ class VllmDataParallel(Router):
         self._start += 1
         idx = idx[k:] + idx[:k]
         w, r = view.values("num_waiting"), view.values("num_running")
-        i = _argmin(idx, lambda j: 4 * w[j] + r[j])
+        i = _argmin_of(idx, [4 * a + b for a, b in zip(w, r)])
         return Decision(i, i, COLOCATE)
 
 
@@ -120,7 +124,7 @@ class LeastOutstandingTokens(Router):
         idx = _eligible(view, req, ("unified",))
         q, used, bs = view.values("queued_prefill_tokens"), view.values("kv_used_blocks"), \
             view.block_size
-        i = _argmin(idx, lambda k: q[k] + used[k] * bs)
+        i = _argmin_of(idx, [a + b * bs for a, b in zip(q, used)])
         return Decision(i, i, COLOCATE)
 
 

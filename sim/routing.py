@@ -82,7 +82,7 @@ class ClusterView:
     Treat the arrays as read-only.
     """
 
-    __slots__ = ("now_s", "role", "block_size", "_values", "_role_index")
+    __slots__ = ("now_s", "role", "block_size", "_values", "_role_index", "_static")
 
     def __init__(self, now_s: float, role: tuple[str, ...], block_size: int = 16,
                  role_index: dict[str, np.ndarray] | None = None, **arrays) -> None:
@@ -105,6 +105,29 @@ class ClusterView:
         self.block_size = block_size
         self._values = arrays
         self._role_index = role_index
+        self._static = None
+
+    @classmethod
+    def _trusted(cls, now_s: float, role: tuple[str, ...], block_size: int,
+                 role_index: dict[str, np.ndarray] | None, values: dict,
+                 static: dict | None) -> ClusterView:
+        """Build a view without checking the field names (the simulator's hot path).
+
+        Args:
+            values: exactly the names of :data:`VIEW_FIELDS` (arrays or callables); a new
+                dict per view (lazy fields are cached in it).
+            static: a dict kept by the caller across views of one cluster whose roles and
+                ``kv_total_blocks`` never change; :meth:`candidates` caches per-role answers
+                in it. None: no caching.
+        """
+        view = object.__new__(cls)
+        view.now_s = now_s
+        view.role = role
+        view.block_size = block_size
+        view._values = values
+        view._role_index = role_index
+        view._static = static
+        return view
 
     num_waiting = _field("num_waiting", "Requests in the waiting queue.")
     num_running = _field("num_running", "Requests in the running batch.")
@@ -151,6 +174,29 @@ class ClusterView:
     def index_list(self, roles: tuple[str, ...]) -> list[int]:
         """Indices of instances with any of these roles, ascending (a plain list)."""
         return [i for i, r in enumerate(self.role) if r in roles]
+
+    def candidates(self, roles: tuple[str, ...], need_blocks: int) -> list[int]:
+        """Instances of these roles whose KV could ever hold ``need_blocks`` blocks, ascending.
+
+        Every instance of the roles when none can hold it; every instance when none has one
+        of the roles. A new list each call.
+        """
+        static = self._static
+        if static is not None:
+            hit = static.get(roles)
+            if hit is None:
+                idx = self.index_list(roles) or list(range(self.num_instances))
+                total = self.values("kv_total_blocks")
+                hit = (idx, min([total[i] for i in idx]))
+                static[roles] = hit
+            idx, smallest = hit
+            if need_blocks <= smallest:
+                return list(idx)
+        else:
+            idx = self.index_list(roles) or list(range(self.num_instances))
+        total = self.values("kv_total_blocks")
+        ok = [i for i in idx if total[i] >= need_blocks]
+        return ok or list(idx)
 
     def indices(self, role: str) -> np.ndarray:
         """Indices of instances with this role (int64, ascending)."""

@@ -129,6 +129,9 @@ class Simulator:
             "num_transfers_in": self._num_transfers_in,
             "num_transfers_out": self._num_transfers_out,
         }
+        self._view_static: dict = {}
+        """Per-role answers cached by the views (roles and KV totals never change)."""
+        self._block_size = insts[0].kv.block_size
         self._dirty: set[int] = set()
         self.now_s = 0.0
         self._cursor = 0
@@ -209,9 +212,11 @@ class Simulator:
 
     def view(self) -> ClusterView:
         """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``, lazy)."""
-        return ClusterView(self.now_s, self._roles, self.instances[0].kv.block_size,
-                           self._role_index, kv_total_blocks=self._kv_total,
-                           **self._view_fields)
+        roles = self._roles
+        values = self._view_fields.copy()
+        values["kv_total_blocks"] = self._kv_total
+        return ClusterView._trusted(self.now_s, roles, self._block_size, self._role_index,
+                                    values, self._view_static)
 
     # lazy view fields (read now, when the router first asks for them); map() over the
     # instances' own queues and counters keeps a 64-instance field at a few microseconds
