@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.engine import MAX_CATCH_UP_S
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL, GPU = "Llama-3.1-8B", "A100-80GB-SXM"
 
@@ -71,7 +73,11 @@ def run_sim(workload, heuristic: str, num_instances: int) -> dict:
     multi = done[done.output_tokens > 1]
     return {"completed": len(done), "ttft_ms": 1e3 * float(done.ttft_s.mean()),
             "tpot_ms": 1e3 * float(multi.tpot_s.mean()),
-            "e2e_ms": 1e3 * float(done.e2e_s.mean())}
+            "e2e_ms": 1e3 * float(done.e2e_s.mean()),
+            "queue_ms": 1e3 * float(done.queue_s.mean()),
+            "prefill_ms": 1e3 * float(done.prefill_s.mean()),
+            "per_request": {int(r.rid): (float(r.ttft_s), float(r.queue_s), float(r.prefill_s))
+                            for r in done.itertuples()}}
 
 
 def _free_port() -> int:
@@ -120,13 +126,82 @@ def run_live(workload, heuristic: str, num_instances: int) -> dict:
         base = f"http://127.0.0.1:{rport}"
         _wait(base + "/health", r)
         time.sleep(0.6)  # a couple of scrapes so the router sees every backend healthy
-        results, duration = asyncio.run(loadgen.replay(base, workload, model="m"))
+        for u in urls:  # drop the warm-up's records (none expected)
+            _get_json(u + "/emulator/requests?clear=1")
+        results, duration = asyncio.run(loadgen.replay(base, workload, model="m",
+                                                       request_id_prefix="svl-"))
+        engine_log = {}
+        engine_state = []
+        for u in urls:
+            engine_log.update({d["rid"]: d for d in _get_json(u + "/emulator/requests")})
+            engine_state.append(_get_json(u + "/emulator/state"))
     finally:
         stop_processes(procs)
     s = loadgen.summarize(results, duration)
-    return {"completed": s["completed"], "failed": s["failed"],
-            "ttft_ms": s["ttft_ms"]["mean"], "tpot_ms": s["tpot_ms"]["mean"],
-            "e2e_ms": s["e2el_ms"]["mean"]}
+    out = {"completed": s["completed"], "failed": s["failed"],
+           "ttft_ms": s["ttft_ms"]["mean"], "tpot_ms": s["tpot_ms"]["mean"],
+           "e2e_ms": s["e2el_ms"]["mean"], "send_lateness_ms": s["send_lateness_ms"],
+           "engine_wake_late_mean_ms": 1e3 * sum(e["wake_late_sum_s"] for e in engine_state)
+           / max(1, sum(e["num_iterations"] for e in engine_state)),
+           "engine_wake_late_max_ms": 1e3 * max(e["wake_late_max_s"] for e in engine_state),
+           "engine_stalls": sum(e["num_stalls"] for e in engine_state)}
+    out["decomposition"] = decompose(results, engine_log)
+    return out
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+STAGES = (
+    ("lateness_ms", "load generator lateness (not in TTFT)"),
+    ("hop_in_ms", "hop in: client -> router -> emulator handler"),
+    ("parse_ms", "emulator: read + parse the body"),
+    ("queue_ms", "engine: arrival -> start of first iteration"),
+    ("prefill_ms", "engine: first iteration start -> output 1 sampled"),
+    ("emit_ms", "emulator: sampled -> chunk written (loop wake-up)"),
+    ("hop_out_ms", "hop out: emulator -> router -> client parsed"),
+)
+
+
+def decompose(results, engine_log: dict) -> dict:
+    """Per-request client TTFT = hop in + parse + queue + prefill + emit + hop out (means, ms).
+
+    Joins the load generator's results with the emulators' ``/emulator/requests`` records by
+    ``X-Request-Id`` (all stamps on this machine's monotonic clock). ``engine_ttft_ms`` is the
+    emulator-internal TTFT (arrival at the engine -> output 1 sampled), the quantity the
+    simulator's TTFT models; ``hop_ms`` is the rest of the client TTFT.
+    """
+    rows = []
+    for r in results:
+        e = engine_log.get(r.request_id)
+        if not r.success or e is None or e["first_token_s"] < 0 or e["first_sent_s"] < 0:
+            continue
+        first_client = r.send_mono_s + r.ttft_s
+        rows.append({
+            "index": r.index,
+            "lateness_ms": r.send_s - r.sched_s,
+            "hop_in_ms": e["recv_s"] - r.send_mono_s,
+            "parse_ms": e["arrival_s"] - e["recv_s"],
+            "queue_ms": e["first_scheduled_s"] - e["arrival_s"],
+            "prefill_ms": e["first_token_s"] - e["first_scheduled_s"],
+            "emit_ms": e["first_sent_s"] - e["first_token_s"],
+            "hop_out_ms": first_client - e["first_sent_s"],
+            "client_ttft_ms": r.ttft_s,
+            "engine_ttft_ms": e["first_token_s"] - e["arrival_s"],
+            "engine_tpot_ms": ((e["finish_s"] - e["first_token_s"]) / (e["output_tokens"] - 1)
+                               if e["output_tokens"] > 1 else float("nan")),
+            "engine_e2e_ms": e["finish_s"] - e["arrival_s"],
+        })
+    keys = [k for k, _ in STAGES] + ["client_ttft_ms", "engine_ttft_ms", "engine_tpot_ms",
+                                     "engine_e2e_ms"]
+    means = {k: 1e3 * float(np.nanmean([row[k] for row in rows])) if rows else float("nan")
+             for k in keys}
+    means["hop_ms"] = means["client_ttft_ms"] - means["engine_ttft_ms"]
+    means["matched"] = len(rows)
+    means["per_request"] = {row["index"]: 1e3 * row["engine_ttft_ms"] for row in rows}
+    return means
 
 
 def compare(num_requests: int, rate_per_s: float, heuristic: str, num_instances: int = 2,
@@ -136,8 +211,42 @@ def compare(num_requests: int, rate_per_s: float, heuristic: str, num_instances:
     sim = run_sim(workload, heuristic, num_instances)
     live = run_live(workload, heuristic, num_instances)
     rel = {k: live[k] / sim[k] - 1.0 for k in ("ttft_ms", "tpot_ms", "e2e_ms")}
+    # the engine-internal comparison on the requests both sides completed
+    d = live["decomposition"]
+    sim_pr, live_pr = sim.pop("per_request"), d.pop("per_request")
+    both = sorted(set(sim_pr) & set(live_pr))
+    if both:
+        d["sim_ttft_same_requests_ms"] = 1e3 * float(np.mean([sim_pr[i][0] for i in both]))
+        d["sim_queue_same_requests_ms"] = 1e3 * float(np.mean([sim_pr[i][1] for i in both]))
+        d["sim_prefill_same_requests_ms"] = 1e3 * float(np.mean([sim_pr[i][2] for i in both]))
+        d["engine_ttft_vs_sim_rel"] = d["engine_ttft_ms"] / d["sim_ttft_same_requests_ms"] - 1
     return {"num_requests": num_requests, "rate_per_s": rate_per_s, "heuristic": heuristic,
-            "num_instances": num_instances, "sim": sim, "live": live, "rel_diff": rel}
+            "num_instances": num_instances, "seed": seed, "sim": sim, "live": live,
+            "rel_diff": rel}
+
+
+def print_decomposition(out: dict) -> None:
+    """Where the client TTFT goes (means over the requests matched in both logs)."""
+    d = out["live"]["decomposition"]
+    print(f"TTFT decomposition (means, ms; {d['matched']} requests matched by X-Request-Id):")
+    print(f"  {'stage':52s} {'sim':>8s} {'live':>8s}")
+    for k, label in STAGES:
+        sim_v = {"queue_ms": d.get("sim_queue_same_requests_ms"),
+                 "prefill_ms": d.get("sim_prefill_same_requests_ms")}.get(k)
+        sv = f"{sim_v:8.2f}" if sim_v is not None else f"{'-':>8s}"
+        print(f"  {label:52s} {sv} {d[k]:8.2f}")
+    print(f"  {'= client TTFT (excl. lateness)':52s} "
+          f"{d.get('sim_ttft_same_requests_ms', float('nan')):8.2f} {d['client_ttft_ms']:8.2f}")
+    print(f"  engine-internal TTFT {d['engine_ttft_ms']:.2f} ms "
+          f"({100 * d.get('engine_ttft_vs_sim_rel', float('nan')):+.1f}% vs sim) + hops "
+          f"and emission {d['hop_ms']:.2f} ms = client TTFT {d['client_ttft_ms']:.2f} ms")
+    lv = out["live"]
+    late = lv["send_lateness_ms"]
+    print(f"  load generator send lateness: mean {late['mean']:.2f}, max {late['max']:.2f} ms;"
+          f" engine timer wake-up after planned iteration end: mean "
+          f"{lv['engine_wake_late_mean_ms']:.2f}, max {lv['engine_wake_late_max_ms']:.2f} ms;"
+          f" stalls > {1e3 * MAX_CATCH_UP_S:g} ms: {lv['engine_stalls']}")
+    print(f"  engine-internal TPOT {d['engine_tpot_ms']:.2f} ms, E2E {d['engine_e2e_ms']:.1f} ms")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,20 +259,42 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heuristic", default="round_robin")
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rates", type=float, nargs="*", default=None,
+                   help="sweep: several rates (each with every --seeds); overrides --rate")
+    p.add_argument("--seeds", type=int, nargs="*", default=None,
+                   help="sweep: several workload seeds; overrides --seed")
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     n = 80 if a.quick else a.requests
-    out = compare(n, a.rate, a.heuristic, a.instances, a.seed)
-    print(f"{n} requests, Poisson {a.rate} req/s, {a.instances} x unified {MODEL} on {GPU}, "
-          f"{a.heuristic}; live completed {out['live']['completed']}, failed "
-          f"{out['live']['failed']}")
-    print(f"{'metric':10s} {'sim':>10s} {'live':>10s} {'live/sim-1':>11s}")
-    for k in ("ttft_ms", "tpot_ms", "e2e_ms"):
-        print(f"{k:10s} {out['sim'][k]:10.1f} {out['live'][k]:10.1f} "
-              f"{100 * out['rel_diff'][k]:+10.1f}%")
+    runs = []
+    for rate in a.rates or [a.rate]:
+        for seed in a.seeds if a.seeds is not None else [a.seed]:
+            out = compare(n, rate, a.heuristic, a.instances, seed)
+            runs.append(out)
+            print(f"{n} requests, Poisson {rate} req/s, seed {seed}, {a.instances} x unified "
+                  f"{MODEL} on {GPU}, {a.heuristic}; live completed "
+                  f"{out['live']['completed']}, failed {out['live']['failed']}")
+            print(f"{'metric':10s} {'sim':>10s} {'live':>10s} {'live/sim-1':>11s}")
+            for k in ("ttft_ms", "tpot_ms", "e2e_ms"):
+                print(f"{k:10s} {out['sim'][k]:10.1f} {out['live'][k]:10.1f} "
+                      f"{100 * out['rel_diff'][k]:+10.1f}%")
+            print_decomposition(out)
+            print()
+    if len(runs) > 1:
+        print(f"{'rate':>5s} {'seed':>4s} {'TTFT sim':>9s} {'live':>7s} {'rel':>7s} "
+              f"{'TPOT sim':>9s} {'live':>6s} {'rel':>7s} {'E2E sim':>8s} {'live':>7s} "
+              f"{'rel':>7s} {'engTTFT rel':>11s} {'hop ms':>7s}")
+        for o in runs:
+            s, lv, r, d = o["sim"], o["live"], o["rel_diff"], o["live"]["decomposition"]
+            print(f"{o['rate_per_s']:5g} {o['seed']:4d} {s['ttft_ms']:9.1f} "
+                  f"{lv['ttft_ms']:7.1f} {100 * r['ttft_ms']:+6.1f}% {s['tpot_ms']:9.2f} "
+                  f"{lv['tpot_ms']:6.2f} {100 * r['tpot_ms']:+6.1f}% {s['e2e_ms']:8.0f} "
+                  f"{lv['e2e_ms']:7.0f} {100 * r['e2e_ms']:+6.1f}% "
+                  f"{100 * d.get('engine_ttft_vs_sim_rel', float('nan')):+10.1f}% "
+                  f"{d['hop_ms']:7.2f}")
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2))
-    return out
+        Path(a.json).write_text(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
+    return runs[0] if len(runs) == 1 else {"runs": runs}
 
 
 if __name__ == "__main__":

@@ -24,8 +24,16 @@ either leg). Generated text is fake (:mod:`runtime.openai_api`): words cycling t
 list, prompts tokenized one word per token. Test hooks: ``POST /emulator/faults`` (JSON with
 ``status`` (answer generation requests with this HTTP status), ``null_kv_params``,
 ``drop_after_tokens`` (close streams abruptly after N tokens), ``drop_before_first_token``
-(close streams after the header, before any token), ``slowdown``), and
-``GET /emulator/state``.
+(close streams after the header, before any token), ``slowdown``),
+``GET /emulator/state``, and ``GET /emulator/requests[?clear=1]``: the engine timestamps of
+the last finished requests (monotonic clock of this machine, seconds: ``recv_s`` handler
+entered, ``arrival_s`` queued to the engine, ``first_scheduled_s`` start of its first
+iteration, ``first_token_s`` planned end of the iteration that sampled output 1,
+``first_sent_s`` its chunk written to the socket, ``finish_s``, ``last_sent_s``), keyed by
+``rid`` (the ``X-Request-Id``), for sim-to-live decompositions.
+
+Streaming writes every token's chunk as soon as the engine samples it (the last one carries
+the finish reason, as vLLM: the engine knows a token is the last when it samples it).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 
 import aiohttp
 from aiohttp import web
@@ -51,6 +60,8 @@ logger = logging.getLogger(__name__)
 REMOTE_KEYS = ("remote_block_ids", "remote_engine_id", "remote_request_id", "remote_host",
                "remote_port")
 """Keys a decode leg needs to pull remote KV (else vLLM prefills locally)."""
+REQUEST_LOG_SIZE = 100_000
+"""Finished requests whose timestamps ``/emulator/requests`` keeps."""
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -114,6 +125,8 @@ class Emulator:
                                    args.legacy_metric_names)
         self.faults: dict = {"status": args.fault_status, "null_kv_params": False,
                              "drop_after_tokens": 0}
+        self.request_log: deque[dict] = deque(maxlen=REQUEST_LOG_SIZE)
+        """Timestamps of finished requests (``GET /emulator/requests``)."""
         self.last_remote_prefill: dict | None = None
         """The ``kv_transfer_params`` of the last decode leg received (tests)."""
         self.session: aiohttp.ClientSession | None = None
@@ -127,6 +140,7 @@ class Emulator:
         app.router.add_post("/emulator/kv_pull", self.kv_pull)
         app.router.add_post("/emulator/faults", self.set_faults)
         app.router.add_get("/emulator/state", self.state)
+        app.router.add_get("/emulator/requests", self.requests)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -187,7 +201,16 @@ class Emulator:
             "num_running": len(e.running), "num_waiting": len(e.waiting),
             "num_pinned": len(e.pinned), "kv_used_blocks": e.num_used_blocks,
             "kv_total_blocks": e.num_blocks, "num_iterations": e.num_iterations,
+            "num_stalls": e.num_stalls, "wake_late_sum_s": e.wake_late_sum_s,
+            "wake_late_max_s": e.wake_late_max_s,
             "role": self.args.role, "last_remote_prefill": self.last_remote_prefill})
+
+    async def requests(self, request: web.Request) -> web.Response:
+        """Timestamps of the last finished requests (``?clear=1`` empties the log)."""
+        out = list(self.request_log)
+        if request.query.get("clear") in ("1", "true"):
+            self.request_log.clear()
+        return web.json_response(out)
 
     # ---- generation ------------------------------------------------------------------------
     def _check_key(self, request: web.Request) -> None:
@@ -210,6 +233,7 @@ class Emulator:
         return web.json_response(oa.error_body(message, status, kind, param), status=status)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        recv_s = asyncio.get_running_loop().time()
         self._check_key(request)
         if self.faults.get("status"):
             return self._error("injected fault", int(self.faults["status"]))
@@ -229,7 +253,7 @@ class Emulator:
                                "max_tokens")
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         loop = asyncio.get_running_loop()
-        seq = Seq(rid, req.num_prompt_tokens, req.max_tokens, loop.time())
+        seq = Seq(rid, req.num_prompt_tokens, req.max_tokens, loop.time(), recv_s=recv_s)
         kv = req.kv_transfer_params or {}
         seq.keep_kv = bool(kv.get("do_remote_decode"))
         if kv.get("do_remote_prefill"):
@@ -294,6 +318,12 @@ class Emulator:
             m.ttft.labels(**lab).observe(seq.first_token_s - seq.arrival_s)
         if seq.first_scheduled_s >= 0:
             m.queue.labels(**lab).observe(seq.first_scheduled_s - seq.arrival_s)
+        self.request_log.append({
+            "rid": seq.rid, "prompt_tokens": seq.num_prompt_tokens,
+            "output_tokens": seq.num_output_tokens, "recv_s": seq.recv_s,
+            "arrival_s": seq.arrival_s, "first_scheduled_s": seq.first_scheduled_s,
+            "first_token_s": seq.first_token_s, "first_sent_s": seq.first_sent_s,
+            "finish_s": seq.finish_s, "last_sent_s": seq.last_sent_s})
 
     def _observe_token(self, val: int, now_s: float, last_s: float) -> None:
         """Inter-token latency of output token ``val`` (from the 2nd on), every request."""
@@ -313,6 +343,7 @@ class Emulator:
             last_s = now_s
             ids.append(oa.output_token_id(seq.num_prompt_tokens + val - 1))
         loop_s = loop.time()
+        seq.first_sent_s = seq.last_sent_s = loop_s  # the whole answer goes at once
         self._observe(seq, loop_s, last_s, val)
         text = "".join(oa.token_text(t) for t in ids)
         prefix = "chatcmpl-" if req.chat else "cmpl-"
@@ -326,7 +357,10 @@ class Emulator:
 
     async def _stream(self, request: web.Request, req: oa.GenRequest, seq: Seq,
                       model: str) -> web.StreamResponse:
-        """SSE as vLLM: the finish reason rides on the last token's chunk (one token held)."""
+        """SSE as vLLM: a chunk per token, written when the engine samples it.
+
+        The finish reason rides on the last token's chunk.
+        """
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache", "X-Request-Id": seq.rid})
         await resp.prepare(request)
@@ -340,13 +374,7 @@ class Emulator:
             return self._drop(request, resp, seq, 0)
         loop = asyncio.get_running_loop()
         last_s = seq.arrival_s
-        held: int | None = None  # token id not sent yet (it may be the last)
         sent = 0
-
-        def chunk(tid: int, finish: str | None = None) -> bytes:
-            return oa.sse(oa.completion_chunk(rid, model, oa.token_text(tid), finish,
-                                              chat=req.chat,
-                                              token_ids=[tid] if want_ids else None))
 
         while True:
             kind, val = await seq.events.get()
@@ -355,16 +383,20 @@ class Emulator:
             now_s = loop.time()
             self._observe_token(val, now_s, last_s)
             last_s = now_s
-            if held is not None:
-                await resp.write(chunk(held))
-                sent += 1
-                if drop and sent >= drop:
-                    return self._drop(request, resp, seq, sent)
-            held = oa.output_token_id(seq.num_prompt_tokens + val - 1)
+            # the engine marks the request finished before it queues the last token's event
+            last = seq.finish_reason is not None and val >= seq.num_output_tokens
+            tid = oa.output_token_id(seq.num_prompt_tokens + val - 1)
+            await resp.write(oa.sse(oa.completion_chunk(
+                rid, model, oa.token_text(tid), seq.finish_reason if last else None,
+                chat=req.chat, token_ids=[tid] if want_ids else None)))
+            sent += 1
+            seq.last_sent_s = loop.time()
+            if sent == 1:
+                seq.first_sent_s = seq.last_sent_s
+            if drop and sent >= drop and not last:
+                return self._drop(request, resp, seq, sent)
         self._observe(seq, loop.time(), last_s, val)
-        if held is not None:
-            await resp.write(chunk(held, val))
-        else:  # no token at all: the finish reason alone
+        if sent == 0:  # no token at all: the finish reason alone
             await resp.write(oa.sse(oa.completion_chunk(rid, model, None if req.chat else "",
                                                         val, chat=req.chat)))
         if req.include_usage:

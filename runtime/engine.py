@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 
 MAX_CATCH_UP_S = 0.005
 """Lateness of an iteration start (after the previous planned end) absorbed, seconds."""
+TIMER_SLACK_S = 0.001
+"""The last part of an iteration's sleep is a blocking ``time.sleep`` (precise to tens of
+microseconds) instead of an event-loop timer, whose wake-up is rounded up to the next
+millisecond by epoll (about 1 ms late on average: every token would reach the client that
+much after the modelled time). Blocking the loop that briefly at the end of an iteration
+changes nothing the emulator models: a request read meanwhile joins the next iteration
+anyway."""
 
 
 @dataclass(eq=False)
@@ -55,9 +62,20 @@ class Seq:
     keep_kv: bool = False
     """Pin the blocks after finishing (prefill leg of a P/D hand-off)."""
     first_scheduled_s: float = -1.0
-    """When it was first admitted (queue time = first_scheduled_s - arrival_s)."""
+    """Start of the iteration that first admitted it (queue time = this - arrival_s)."""
     first_token_s: float = -1.0
-    """When output 1 was sampled."""
+    """When output 1 was sampled: the planned end of that iteration."""
+    finish_s: float = -1.0
+    """When the last output was sampled (planned end of that iteration), or -1."""
+    finish_reason: str | None = None
+    """Set (with ``finished``) before the last token's event is queued, so a reader of the
+    token event knows it is the last one without waiting for ``("end", ...)``."""
+    recv_s: float = -1.0
+    """Emulator bookkeeping: when its HTTP handler started (before the body was read)."""
+    first_sent_s: float = -1.0
+    """Emulator bookkeeping: when the first token's chunk was written to the socket."""
+    last_sent_s: float = -1.0
+    """Emulator bookkeeping: when the last token's chunk (or the response) was written."""
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     """Items ``("token", n_out)`` per sampled token, then ``("end", finish_reason)``."""
     finished: bool = False
@@ -98,6 +116,11 @@ class EmulatedEngine:
         self.num_pulling = 0
         """Decode legs fetching remote KV (reported as waiting, like vLLM's deferred)."""
         self.num_iterations = 0
+        self.num_stalls = 0
+        """Iterations that started late by more than MAX_CATCH_UP_S after the previous one."""
+        self.wake_late_sum_s = 0.0
+        self.wake_late_max_s = 0.0
+        """Sum and max of how late the loop woke after an iteration's planned end, s."""
         self._wake = asyncio.Event()
 
     # ---- requests --------------------------------------------------------------------------
@@ -151,13 +174,37 @@ class EmulatedEngine:
 
     # ---- the loop --------------------------------------------------------------------------
     async def run(self) -> None:
-        """Step forever: schedule, sleep the iteration time, emit tokens."""
+        """Step forever: schedule, sleep until the iteration's planned end, emit tokens.
+
+        Timing, on the event loop's monotonic clock:
+
+        - an idle engine waits on an event that :meth:`submit` sets, so a request arriving to
+          an idle engine starts its iteration at once (no tick), as the simulator does;
+        - back-to-back iterations start at the previous iteration's *planned* end and end at
+          ``start + duration`` (absolute targets), so timer overshoot and the Python time
+          spent between iterations do not accumulate (the model's engine overhead already
+          covers vLLM's own CPU time); a stall longer than :data:`MAX_CATCH_UP_S` is not paid
+          back by zero-length iterations: the next one starts when the loop gets control;
+        - as vLLM V1, a request that arrives while an iteration runs joins the next one; one
+          that arrives after an iteration's planned end (while the loop was still waking up)
+          is not slipped into the iteration that started at that end, it joins the one after.
+        """
         loop = asyncio.get_running_loop()
         end_s = -1.0  # planned end of the previous iteration (-1: the engine was idle)
         while True:
-            self._expire_pinned(loop.time())
-            batch = self._schedule(loop.time())
+            now_s = loop.time()
+            self._expire_pinned(now_s)
+            if end_s >= 0 and now_s - end_s <= MAX_CATCH_UP_S:
+                start_s = end_s
+            else:
+                if end_s >= 0:
+                    self.num_stalls += 1
+                start_s = now_s
+            batch = self._schedule(start_s)
             if not batch:
+                if end_s >= 0 and self.waiting and self.waiting[0].arrival_s > start_s:
+                    end_s = -1.0  # only late arrivals wait: start their iteration now
+                    continue
                 end_s = -1.0
                 self._wake.clear()
                 timeout = 1.0 if self.pinned else None
@@ -166,20 +213,23 @@ class EmulatedEngine:
                 except TimeoutError:
                     pass
                 continue
-            now_s = loop.time()
-            # back-to-back iterations start at the previous planned end, so the Python time
-            # spent between iterations and sleep overshoot do not stretch the modelled time
-            # (the model's engine overhead already covers vLLM's own CPU time); capped so a
-            # stall is not paid back by zero-length iterations
-            start_s = end_s if 0 <= now_s - end_s <= MAX_CATCH_UP_S else now_s
             dt_s = self._iteration_time_s(batch) * self.slowdown
             end_s = start_s + dt_s
-            await asyncio.sleep(max(end_s - loop.time(), 0.0))
-            self._complete(batch, max(loop.time(), end_s))
+            # always yield once (handlers write the last iteration's tokens, read arrivals)
+            await asyncio.sleep(max(end_s - loop.time() - TIMER_SLACK_S, 0.0))
+            if (left_s := end_s - loop.time()) > 0:
+                time.sleep(left_s)
+            late_s = loop.time() - end_s
+            self.wake_late_sum_s += max(late_s, 0.0)
+            self.wake_late_max_s = max(self.wake_late_max_s, late_s)
+            self._complete(batch, end_s)
             self.num_iterations += 1
 
-    def _schedule(self, now_s: float) -> list[tuple[Seq, int]]:
-        """Running first (decodes 1 token, prefills a chunk), then FCFS admissions."""
+    def _schedule(self, start_s: float) -> list[tuple[Seq, int]]:
+        """Running first (decodes 1 token, prefills a chunk), then FCFS admissions.
+
+        Only requests that arrived by ``start_s`` (the iteration's start) are admitted.
+        """
         budget = self.max_num_batched_tokens
         batch: list[tuple[Seq, int]] = []
         for s in self.running:
@@ -191,13 +241,15 @@ class EmulatedEngine:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             s = self.waiting[0]
+            if s.arrival_s > start_s:
+                break  # arrived after this iteration started: the next one takes it
             need = self.blocks_for(s.num_prompt_tokens + s.max_tokens)
             if self.num_used_blocks + need > self.num_blocks:
                 break  # head-of-line blocking, as vLLM's FCFS
             self.waiting.popleft()
             s.num_blocks = need
             self.num_used_blocks += need
-            s.first_scheduled_s = now_s
+            s.first_scheduled_s = start_s
             self.running.append(s)
             n = min(s.num_prompt_tokens - s.num_computed_tokens, budget)
             batch.append((s, n))
@@ -229,8 +281,11 @@ class EmulatedEngine:
             s.num_output_tokens += 1
             if s.first_token_s < 0:
                 s.first_token_s = now_s
+            last = s.num_output_tokens >= s.max_tokens
+            if last:
+                s.finished, s.finish_reason, s.finish_s = True, "length", now_s
             s.events.put_nowait(("token", s.num_output_tokens))
-            if s.num_output_tokens >= s.max_tokens:
+            if last:
                 self._finish(s, now_s)
 
     def _finish(self, s: Seq, now_s: float) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import json
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,8 +50,15 @@ class RequestResult:
     index: int
     prompt_tokens: int
     max_tokens: int
+    request_id: str = ""
+    """Sent as ``X-Request-Id`` (the router and vLLM use it as the request's id)."""
+    sched_s: float = 0.0
+    """Scheduled send time (the workload's arrival), seconds since the benchmark start."""
     send_s: float = 0.0
-    """Send time, seconds since the benchmark start."""
+    """Actual send time (TTFT and E2EL are measured from it), seconds since the start;
+    ``send_s - sched_s`` is the load generator's own lateness."""
+    send_mono_s: float = 0.0
+    """The same instant on ``time.monotonic()`` (to line up with server-side timestamps)."""
     success: bool = False
     reason: str = ""
     """Why it failed ('' when completed)."""
@@ -163,13 +171,17 @@ async def _http_error(resp) -> str:
 
 
 async def _one(session, url: str, model: str, r: RequestResult, headers: dict,
-               timeout_s: float) -> None:
+               timeout_s: float, t0: float) -> None:
     import aiohttp
 
     body = {"model": model, "prompt": make_prompt(r.index, r.prompt_tokens),
             "max_tokens": r.max_tokens, "stream": True, "ignore_eos": True,
             "temperature": 0.0, "stream_options": {"include_usage": True}}
-    st = _Stream(r, time.perf_counter())
+    if r.request_id:
+        headers = {**headers, "X-Request-Id": r.request_id}
+    now = time.perf_counter()
+    r.send_s, r.send_mono_s = now - t0, time.monotonic()
+    st = _Stream(r, now)
     try:
         async with asyncio.timeout(timeout_s), session.post(url, json=body,
                                                             headers=headers) as resp:
@@ -204,29 +216,41 @@ async def fetch_model(base_url: str, headers: dict | None = None) -> str:
 
 
 async def replay(base_url: str, workload, model: str = "", api_key: str = "",
-                 timeout_s: float = 600.0, endpoint: str = "/v1/completions"
+                 timeout_s: float = 600.0, endpoint: str = "/v1/completions",
+                 request_id_prefix: str | None = None
                  ) -> tuple[list[RequestResult], float]:
-    """Send every request at its arrival time; returns the results and the duration, s."""
+    """Send every request at its arrival time; returns the results and the duration, s.
+
+    Request ``i`` goes with ``X-Request-Id: <request_id_prefix><i>`` (default prefix:
+    ``bench-<random>-``; ``""`` sends none). Sends are timed against absolute targets (the
+    start + the arrival), so a late one does not delay the next; ``send_s - sched_s`` is
+    what the load generator itself added (timer granularity, a busy event loop).
+    """
     import aiohttp
 
     base_url = base_url.rstrip("/")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     model = model or await fetch_model(base_url, headers)
     url = base_url + endpoint
-    results = [RequestResult(i, int(p), int(o)) for i, (p, o) in enumerate(
-        zip(workload.prompt_tokens.tolist(), workload.output_tokens.tolist(), strict=True))]
+    if request_id_prefix is None:
+        request_id_prefix = f"bench-{uuid.uuid4().hex[:8]}-"
     arrivals = (workload.arrival_s - workload.arrival_s[0]).tolist()
+    results = [RequestResult(i, int(p), int(o),
+                             f"{request_id_prefix}{i}" if request_id_prefix else "", a)
+               for i, (p, o, a) in enumerate(zip(workload.prompt_tokens.tolist(),
+                                                 workload.output_tokens.tolist(), arrivals,
+                                                 strict=True))]
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
         t0 = time.perf_counter()
         tasks = []
-        for r, a in zip(results, arrivals, strict=True):
-            delay = t0 + a - time.perf_counter()
+        for r in results:
+            delay = t0 + r.sched_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            r.send_s = time.perf_counter() - t0
-            tasks.append(asyncio.create_task(_one(session, url, model, r, headers, timeout_s)))
+            tasks.append(asyncio.create_task(_one(session, url, model, r, headers, timeout_s,
+                                                  t0)))
         await asyncio.gather(*tasks)
         duration = time.perf_counter() - t0
     return results, duration
@@ -266,6 +290,9 @@ def summarize(results: list[RequestResult], duration_s: float,
         "tpot_ms": _stats(tpots, pct),
         "itl_ms": _stats(itls, pct),
         "e2el_ms": _stats([r.latency_s for r in ok], pct),
+        "send_lateness_ms": {**_stats([r.send_s - r.sched_s for r in results], pct),
+                             "max": 1e3 * max((r.send_s - r.sched_s for r in results),
+                                              default=0.0)},
     }
     ends = sorted([(r.send_s, 1) for r in results] +
                   [(r.send_s + (r.latency_s if r.success else 0.0), -1) for r in results],
@@ -308,6 +335,10 @@ def format_table(s: dict) -> str:
     row("Output token throughput (tok/s):", s["output_throughput"])
     row("Total token throughput (tok/s):", s["total_token_throughput"])
     row("Max concurrent requests:", s["max_concurrent_requests"], "{:<10}")
+    if "send_lateness_ms" in s:
+        late = s["send_lateness_ms"]
+        row("Send lateness, mean / max (ms):", f"{late['mean']:.2f} / {late['max']:.2f}",
+            "{:<10}")
     for key, title in (("ttft_ms", "Time to First Token"),
                        ("tpot_ms", "Time per Output Token (excl. 1st token)"),
                        ("itl_ms", "Inter-token Latency"), ("e2el_ms", "End-to-end Latency")):
@@ -340,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-percentiles", default="99",
                    help="comma-separated percentiles, e.g. 50,90,99")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request")
+    p.add_argument("--request-id-prefix", default=None,
+                   help="X-Request-Id of request i is PREFIX<i> (default: bench-<random>-; "
+                        "'' sends none)")
     p.add_argument("--result-json", default="", help="write the summary JSON here ('-' = stdout)")
     p.add_argument("--save-detailed", action="store_true",
                    help="include per-request results in the JSON")
@@ -352,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     goodput = parse_goodput(a.goodput)
     workload = build(a.workload, a.num_requests or None, a.rate_scale, a.seed)
     results, duration = asyncio.run(replay(a.base_url, workload, a.model, a.api_key,
-                                           a.timeout_s))
+                                           a.timeout_s,
+                                           request_id_prefix=a.request_id_prefix))
     pct = tuple(float(x) for x in a.metric_percentiles.split(","))
     s = summarize(results, duration, goodput, pct)
     s["workload"] = {"spec": a.workload, "num_requests": len(workload),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import pytest
 
@@ -77,7 +78,13 @@ def test_replay_against_emulator(procs, tmp_path, capsys):
     for r in s["requests"]:
         # 6 token chunks, the last with finish_reason (as vLLM): 5 inter-token gaps
         assert 0 < r["ttft_s"] <= r["latency_s"] and len(r["itl_s"]) == 5
+        assert r["send_s"] >= r["sched_s"] and r["send_mono_s"] > 0
     assert s["tpot_ms"]["mean"] > 0
+    assert s["send_lateness_ms"]["max"] >= s["send_lateness_ms"]["mean"] >= 0
+    # every request went with its X-Request-Id (the emulator logs it)
+    with urllib.request.urlopen(emu.url + "/emulator/requests") as resp:
+        logged = {d["rid"] for d in json.loads(resp.read())}
+    assert logged == {r["request_id"] for r in s["requests"]} and len(logged) == 30
 
 
 def test_failures_are_counted_with_reasons(procs):

@@ -1,0 +1,114 @@
+"""The emulator's engine: when iterations start and end (behaviour, not speed).
+
+These run the real loop on an asyncio event loop. They check orderings and the planned
+(modelled) timestamps the engine records, never how fast this machine is; the one bound on
+real time is generous (seconds against a ~millisecond event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runtime.engine import EmulatedEngine, Seq
+from sim.perf import AnalyticBackend
+
+BACKEND = AnalyticBackend("Llama-3.1-8B", "A100-80GB-SXM", tp=1)
+
+
+def make_engine(**kw) -> EmulatedEngine:
+    args = {"num_blocks": 4096, "block_size": 16, "max_num_seqs": 64,
+            "max_num_batched_tokens": 2048, **kw}
+    return EmulatedEngine(BACKEND, **args)
+
+
+async def _drain(seq: Seq) -> list[tuple]:
+    out = []
+    while True:
+        item = await seq.events.get()
+        out.append(item)
+        if item[0] == "end":
+            return out
+
+
+def run(coro_fn):
+    async def main():
+        eng = make_engine()
+        task = asyncio.create_task(eng.run())
+        try:
+            return await coro_fn(eng)
+        finally:
+            task.cancel()
+    return asyncio.run(main())
+
+
+def test_arrival_to_an_idle_engine_starts_at_once():
+    """No tick: the first iteration starts when the request arrives (as the simulator)."""
+    async def body(eng):
+        await asyncio.sleep(0.05)  # the engine is parked, idle
+        loop = asyncio.get_running_loop()
+        s = Seq("a", 100, 2, loop.time())
+        eng.submit(s)
+        await _drain(s)
+        return s
+    s = run(body)
+    # a tick-driven loop would start it only at its next tick; the real gap is ~0.1 ms,
+    # the bound is generous for a loaded machine
+    assert 0 <= s.first_scheduled_s - s.arrival_s < 0.5
+
+
+def test_arrival_during_an_iteration_joins_the_next_one():
+    """vLLM V1: a request that arrives while an iteration runs waits for its end."""
+    async def body(eng):
+        loop = asyncio.get_running_loop()
+        a = Seq("a", 2000, 3, loop.time())  # a long prefill iteration (~0.1 s modelled)
+        eng.submit(a)
+        await asyncio.sleep(0)  # the engine starts a's iteration
+        await asyncio.sleep(0.01)
+        assert a.first_scheduled_s >= 0 and a.first_token_s < 0  # still in the iteration
+        b = Seq("b", 50, 2, loop.time())
+        eng.submit(b)
+        await asyncio.gather(_drain(a), _drain(b))
+        return eng, a, b
+    eng, a, b = run(body)
+    assert b.first_scheduled_s >= a.first_token_s  # not slipped into a's running iteration
+    if eng.num_stalls == 0:  # back-to-back: the next iteration starts at the planned end
+        assert b.first_scheduled_s == a.first_token_s
+
+
+def test_iterations_end_at_absolute_planned_times():
+    """Token times are start + the model's iteration times: loop jitter does not add up."""
+    n_out = 12
+
+    async def body(eng):
+        loop = asyncio.get_running_loop()
+        s = Seq("a", 300, n_out, loop.time())
+        eng.submit(s)
+        events = await _drain(s)
+        return eng, s, events
+    eng, s, events = run(body)
+    assert [e[1] for e in events[:-1]] == list(range(1, n_out + 1))
+    assert events[-1] == ("end", "length") and s.finish_reason == "length"
+    if eng.num_stalls:
+        pytest.skip("the machine stalled the loop by more than MAX_CATCH_UP_S")
+    prefill = BACKEND.iteration_time_s(300, 1, 0, 0, 300 * 300, 0, 0)
+    decodes = sum(BACKEND.iteration_time_s(0, 0, 0, 0, 0, 1, 300 + k + 1)
+                  for k in range(n_out - 1))
+    assert s.first_token_s == pytest.approx(s.first_scheduled_s + prefill, abs=1e-9)
+    assert s.finish_s == pytest.approx(s.first_token_s + decodes, abs=1e-9)
+
+
+def test_the_last_token_is_known_when_sampled():
+    """finish_reason is set before the last token's event is read (no token held back)."""
+    async def body(eng):
+        loop = asyncio.get_running_loop()
+        s = Seq("a", 20, 3, loop.time())
+        eng.submit(s)
+        seen = []
+        while True:
+            kind, val = await s.events.get()
+            if kind == "end":
+                return seen
+            seen.append((val, s.finish_reason is not None and val >= s.num_output_tokens))
+    assert run(body) == [(1, False), (2, False), (3, True)]
