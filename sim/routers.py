@@ -139,13 +139,20 @@ class DistServeRouter(Router):
 
     def __call__(self, view: ClusterView, req: RequestInfo) -> Decision:
         """Shortest prefill queue, then the decode instance with the most free KV."""
-        pre = _eligible(view, req, ("prefill",) if "prefill" in view.role else ("unified",))
-        q, w = view.values("queued_prefill_tokens"), view.values("num_waiting")
-        i = _argmin(pre, lambda k: q[k] + w[k])
-        dec = _eligible(view, req, ("decode",) if "decode" in view.role else ("unified",))
-        used, total = view.values("kv_used_blocks"), view.values("kv_total_blocks")
-        run, tin = view.values("num_running"), view.values("num_transfers_in")
-        j = _argmin(dec, lambda k: used[k] / max(total[k], 1) + 1e-3 * (run[k] + tin[k]))
+        roles = view.role
+        pre = _eligible(view, req, ("prefill",) if "prefill" in roles else ("unified",))
+        if len(pre) == 1:  # nothing to compare: the load fields are not read (lazy)
+            i = pre[0]
+        else:
+            q, w = view.values("queued_prefill_tokens"), view.values("num_waiting")
+            i = _argmin(pre, lambda k: q[k] + w[k])
+        dec = _eligible(view, req, ("decode",) if "decode" in roles else ("unified",))
+        if len(dec) == 1:
+            j = dec[0]
+        else:
+            used, total = view.values("kv_used_blocks"), view.values("kv_total_blocks")
+            run, tin = view.values("num_running"), view.values("num_transfers_in")
+            j = _argmin(dec, lambda k: used[k] / max(total[k], 1) + 1e-3 * (run[k] + tin[k]))
         return Decision(i, j, 1)
 
 

@@ -54,6 +54,7 @@ class KVCache:
         "_lru",
         "num_hit_tokens",
         "num_query_tokens",
+        "version",
     )
 
     def __init__(
@@ -88,6 +89,9 @@ class KVCache:
         self._lru: OrderedDict[int, None] = OrderedDict()
         self.num_hit_tokens = 0
         self.num_query_tokens = 0
+        self.version = 0
+        """Bumped whenever the set of cache entries or a reference count changes (callers
+        memoise prefix matches on it)."""
 
     @property
     def num_free(self) -> int:
@@ -108,6 +112,8 @@ class KVCache:
         if n > self.num_blocks - self.num_used:
             return False
         empty = self.num_blocks - self.num_used - self.num_evictable
+        if n > empty:
+            self.version += 1
         bph = self.blocks_per_hash
         while n > empty:
             h, _ = self._lru.popitem(last=False)
@@ -168,6 +174,7 @@ class KVCache:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
+        self.version += 1
         for key in hashes:
             rc = refs[key]
             if rc == 0:
@@ -181,6 +188,7 @@ class KVCache:
         """Drop references; unreferenced entries become evictable (most recent last)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
+        self.version += 1
         for key in reversed(hashes):  # free tails first, as vLLM does
             rc = refs[key] - 1
             refs[key] = rc
@@ -200,6 +208,7 @@ class KVCache:
         if not self.enable_prefix_caching or key in self._refs:
             return False
         self._refs[key] = 1
+        self.version += 1
         return True
 
     def cache_own_blocks(self, rid: int, first: int, last: int) -> int:
@@ -210,6 +219,7 @@ class KVCache:
         """
         if not self.enable_prefix_caching or last <= first:
             return 0
+        self.version += 1
         refs, lru = self._refs, self._lru
         moved = 0
         for key in reversed(self_keys(rid, first, last - first)):  # blocks last-1 .. first
@@ -224,14 +234,17 @@ class KVCache:
 
     def match_own_blocks(self, rid: int, first: int, limit: int) -> int:
         """Consecutive own blocks of ``rid`` resident from block ``first`` (at most ``limit``)."""
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or limit <= 0:
             return 0
         refs = self._refs
-        n = 0
         key = -(rid << 24) - 1 - first  # self_key(rid, first + n) == key - n
-        while n < limit and key - n in refs:
-            n += 1
-        return n
+        if key not in refs:
+            return 0
+        present = list(map(refs.__contains__, range(key, key - limit, -1)))
+        try:
+            return present.index(False)
+        except ValueError:
+            return limit
 
     def check(self) -> None:
         """Assert the block invariants (used in tests and debug runs)."""

@@ -131,6 +131,9 @@ class Instance:
         self.run_owed_blocks = 0
         """Blocks the decode run in flight still has to take (it took the empty ones at
         planning; the rest evict cached entries when the run is settled: cut or finished)."""
+        self._hit_memo: tuple | None = None
+        """``(request, kv.version, preemptions, outputs, result)`` of the last prefix match
+        (the queue's head is matched again and again while it waits)."""
         self._head_keys: tuple = ()
         """Prefix-cache keys the waiting queue's head would reuse (from the last admission
         check); a decode run must not evict them."""
@@ -384,18 +387,31 @@ class Instance:
         if r.num_computed_tokens or r.num_blocks:
             return (), 0, 0
         kv = self.kv
+        memo = self._hit_memo
+        if (memo is not None and memo[0] is r and memo[1] == kv.version
+                and memo[2] == r.num_preemptions and memo[3] == r.num_output_tokens):
+            return memo[4]
+        out = self._prefix_hit_now(r)
+        self._hit_memo = (r, kv.version, r.num_preemptions, r.num_output_tokens, out)
+        return out
+
+    def _prefix_hit_now(self, r: Request) -> tuple[tuple, int, int]:
+        """:meth:`_prefix_hit` computed from the cache (no memo)."""
+        kv = self.kv
         h = kv.match_prefix(r.hashes, r.num_prompt_tokens) if r.hashes is not None else 0
         keys = tuple(r.hashes[:h].tolist()) if h else ()
         first = h * kv.blocks_per_hash
+        pinned = kv.evictable_blocks(keys) if h else 0
         if r.num_preemptions and kv.enable_prefix_caching:
             limit = (r.num_tokens - 1) // kv.block_size - first  # recompute >= 1 token
             own = kv.match_own_blocks(r.rid, first, limit)
             if own:
                 keys += tuple(self_keys(r.rid, first, own))
                 first += own
+                pinned += own  # a waiting request's own entries are unreferenced (evictable)
         if not keys:
             return (), 0, 0
-        return keys, first * kv.block_size, kv.evictable_blocks(keys)
+        return keys, first * kv.block_size, pinned
 
     def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
         """Reference the cached prefix of an admitted request (skips its prefill)."""
