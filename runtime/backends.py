@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from sim.routing import ClusterView
 
@@ -53,20 +53,41 @@ class Scrape:
     """From vllm:cache_config_info, 0 if absent."""
 
 
+_WANTED = RUNNING + WAITING + KV_USAGE + (CACHE_INFO,)
+_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]*(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?'
+                     r'[ \t]+(\S+)')
+"""A sample line of the text exposition format: name, optional {labels}, value."""
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"')
+
+
 def parse_metrics(text: str) -> Scrape:
-    """Read the gauges a router needs from Prometheus text (older names as fallback)."""
-    values: dict[str, float] = {}
+    """Read the gauges a router needs from Prometheus text (older names as fallback).
+
+    Only the sample lines of those gauges are parsed (a vLLM page is mostly histogram lines
+    the router does not read; a full parse would hold the event loop for milliseconds).
+
+    Raises:
+        ValueError: a line of one of those gauges is malformed.
+    """
+    samples: dict[str, list[float]] = {}
     blocks = 0
-    for fam in text_string_to_metric_families(text):
-        if fam.name == CACHE_INFO:
-            for s in fam.samples:
-                blocks += int(float(s.labels.get("num_gpu_blocks", 0) or 0))
+    for line in text.splitlines():
+        if not line.startswith(_WANTED):  # comments, other metrics
             continue
-        if fam.name in RUNNING + WAITING + KV_USAGE:
-            vals = [s.value for s in fam.samples]
-            if vals:
-                values[fam.name] = (sum(vals) if fam.name not in KV_USAGE
-                                    else sum(vals) / len(vals))
+        m = _SAMPLE.match(line)
+        if m is None:
+            raise ValueError(f"malformed metrics line {line[:120]!r}")
+        name, labels, value = m.groups()
+        if name not in _WANTED:  # a longer name with the same prefix
+            continue
+        if name == CACHE_INFO:
+            for key, v in _LABEL.findall(labels or ""):
+                if key == "num_gpu_blocks":
+                    blocks += int(float(v or 0))
+            continue
+        samples.setdefault(name, []).append(float(value))
+    values = {name: (sum(v) if name not in KV_USAGE else sum(v) / len(v))
+              for name, v in samples.items()}
 
     def first(names: tuple[str, ...]) -> float:
         return next((values[n] for n in names if n in values), 0.0)

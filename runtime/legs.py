@@ -118,16 +118,33 @@ async def _check_status(r: aiohttp.ClientResponse) -> None:
         raise BackendRejected(r.status, await r.read())
 
 
-async def call_json(session: aiohttp.ClientSession, url: str, body: dict,
+def _post(session: aiohttp.ClientSession, url: str, body: dict | bytes, headers: dict):
+    """POST a body: a dict as JSON, bytes (JSON already) unchanged."""
+    if isinstance(body, bytes):
+        return session.post(url, data=body, headers={**headers, **_JSON})
+    return session.post(url, json=body, headers=headers)
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+async def call_json(session: aiohttp.ClientSession, url: str, body: dict | bytes,
                     headers: dict) -> dict:
-    """A non-streaming leg; returns the parsed response.
+    """A non-streaming leg; returns the parsed response (see :func:`call_json_raw`)."""
+    return (await call_json_raw(session, url, body, headers))[0]
+
+
+async def call_json_raw(session: aiohttp.ClientSession, url: str, body: dict | bytes,
+                        headers: dict) -> tuple[dict, bytes]:
+    """A non-streaming leg (``body`` a dict, or JSON bytes sent as they are); returns the
+    parsed response and its bytes.
 
     Raises:
         LegError: refused, timeout, 5xx, dropped connection or unparsable body.
         BackendRejected: a 4xx answer.
     """
     try:
-        async with session.post(url, json=body, headers=headers) as r:
+        async with _post(session, url, body, headers) as r:
             await _check_status(r)
             data = await r.read()  # read and close the whole body (protocol notes 1.3)
     except (LegError, BackendRejected):
@@ -135,52 +152,77 @@ async def call_json(session: aiohttp.ClientSession, url: str, body: dict,
     except (TimeoutError, aiohttp.ClientError) as e:
         raise _classify(e) from e
     try:
-        return json.loads(data)
+        return json.loads(data), data
     except ValueError as e:
         raise LegError("bad_response", f"not JSON: {data[:100]!r}") from e
 
 
 class Stream:
-    """An open streaming leg: iterate :meth:`events` for ``(raw bytes, payload)`` pairs."""
+    """An open streaming leg: iterate :meth:`batches` (or :meth:`events`) for
+    ``(raw bytes, payload)`` pairs."""
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
 
-    async def events(self) -> AsyncIterator[tuple[bytes, dict | None]]:
-        """SSE events; payload None for ``[DONE]`` (always last).
+    async def batches(self) -> AsyncIterator[list[tuple[bytes, dict | None]]]:
+        """SSE events as they arrive: each batch is every complete event of one network read
+        (a relay writes a batch at once); payload None for ``[DONE]`` (always last).
+
+        Lines are ``data: <json>`` (a JSON value split over several ``data:`` lines is
+        joined); blank lines, comments and other fields are skipped.
 
         Raises:
             LegError: ``stream_dropped`` when the stream ends without ``[DONE]`` or the
                 connection breaks, ``timeout`` when the backend goes silent.
         """
-        buf = b""
+        content = self.resp.content
+        rest = b""   # an incomplete last line
+        buf = b""    # data lines of a JSON value not complete yet
         try:
-            async for line in self.resp.content:
-                if not line.strip():
-                    continue
-                if not line.startswith(b"data:"):
-                    continue  # comments / pings
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    yield b"data: [DONE]\n\n", None
-                    return
-                try:
-                    payload = json.loads(buf + data)
-                except ValueError:
-                    buf += data
-                    continue
-                buf = b""
-                yield b"data: " + data + b"\n\n", payload
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                batch = []
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue  # blank lines, comments / pings
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        batch.append((b"data: [DONE]\n\n", None))
+                        yield batch
+                        return
+                    data = buf + data
+                    try:
+                        payload = json.loads(data)
+                    except ValueError:
+                        buf = data
+                        continue
+                    buf = b""
+                    batch.append((b"data: " + data + b"\n\n", payload))
+                if batch:
+                    yield batch
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from e
+        if rest.startswith(b"data:") and rest[5:].strip() == b"[DONE]":
+            yield [(b"data: [DONE]\n\n", None)]  # no newline after the last line
+            return
         raise LegError("stream_dropped", "stream ended without [DONE]")
+
+    async def events(self) -> AsyncIterator[tuple[bytes, dict | None]]:
+        """:meth:`batches`, one event at a time."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
 
     def close(self) -> None:
         """Drop the connection (the backend aborts the request)."""
         self.resp.close()
 
 
-async def open_stream(session: aiohttp.ClientSession, url: str, body: dict,
+async def open_stream(session: aiohttp.ClientSession, url: str, body: dict | bytes,
                       headers: dict) -> Stream:
     """Start a streaming leg (status checked).
 
@@ -188,7 +230,7 @@ async def open_stream(session: aiohttp.ClientSession, url: str, body: dict,
         LegError, BackendRejected: as :func:`call_json`.
     """
     try:
-        r = await session.post(url, json=body, headers=headers)
+        r = await _post(session, url, body, headers)
     except (TimeoutError, aiohttp.ClientError) as e:
         raise _classify(e) from e
     try:

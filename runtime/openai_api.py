@@ -52,8 +52,9 @@ class GenRequest:
     """The client's JSON body, unchanged."""
     chat: bool
     """``/v1/chat/completions`` (True) or ``/v1/completions``."""
-    prompt_token_ids: list[int]
-    """The prompt as fake-tokenizer ids (exact when the client sent ids)."""
+    prompt_token_ids: list[int] | None
+    """The prompt as fake-tokenizer ids (exact when the client sent ids); None when parsed
+    with ``count_only`` (the length is all a router needs)."""
     max_tokens: int
     """Tokens to generate at most."""
     stream: bool
@@ -66,16 +67,22 @@ class GenRequest:
     """vLLM's P/D hand-off parameters, opaque."""
     return_token_ids: bool
     """Put ``prompt_token_ids`` / ``token_ids`` in the response (newer vLLM)."""
+    num_prompt_tokens: int = -1
+    """Prompt length, tokens (from ``prompt_token_ids`` when not given)."""
 
-    @property
-    def num_prompt_tokens(self) -> int:
-        """Prompt length, tokens."""
-        return len(self.prompt_token_ids)
+    def __post_init__(self) -> None:
+        if self.num_prompt_tokens < 0:
+            self.num_prompt_tokens = len(self.prompt_token_ids)
 
 
 def tokenize(text: str) -> list[int]:
     """Fake token ids of a string (one per whitespace-separated word)."""
     return [zlib.crc32(w.encode()) % VOCAB_SIZE for w in text.split()]
+
+
+def count_tokens(text: str) -> int:
+    """``len(tokenize(text))`` without computing the ids."""
+    return len(text.split())
 
 
 def render_chat(messages: list) -> str:
@@ -129,17 +136,18 @@ def _bool_field(body: dict, name: str, default: bool = False) -> bool:
     return v
 
 
-def _prompt_ids(body: dict) -> list[int]:
+def _prompt_ids(body: dict, count_only: bool = False) -> list[int] | int:
+    """The prompt's token ids, or only their number (``count_only``)."""
     if "prompt" not in body:
         raise BadRequest("prompt", "is required for /v1/completions")
     p = body["prompt"]
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
         p = p[0]  # a batch of one
     if isinstance(p, str):
-        return tokenize(p)
+        return count_tokens(p) if count_only else tokenize(p)
     if isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool)
                                          for t in p):
-        return list(p)
+        return len(p) if count_only else list(p)
     if isinstance(p, list) and p and all(isinstance(x, str | list) for x in p):
         raise BadRequest("prompt", "batches of several prompts are not supported; send one "
                                    "request per prompt")
@@ -147,12 +155,14 @@ def _prompt_ids(body: dict) -> list[int]:
                                "these")
 
 
-def parse_generation(body, chat: bool) -> GenRequest:
+def parse_generation(body, chat: bool, count_only: bool = False) -> GenRequest:
     """Validate a generation body.
 
     Args:
         body: the parsed JSON body.
         chat: whether it came to ``/v1/chat/completions``.
+        count_only: count the prompt's tokens without building their ids
+            (``prompt_token_ids`` None; what a router needs).
 
     Returns:
         The request.
@@ -168,12 +178,13 @@ def parse_generation(body, chat: bool) -> GenRequest:
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs:
             raise BadRequest("messages", "must be a non-empty list of messages")
-        ids = tokenize(render_chat(msgs))
+        text = render_chat(msgs)
+        ids = count_tokens(text) if count_only else tokenize(text)
         max_tokens = _int_field(body, "max_completion_tokens", None, 1)
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", DEFAULT_CHAT_MAX_TOKENS, 1)
     else:
-        ids = _prompt_ids(body)
+        ids = _prompt_ids(body, count_only)
         max_tokens = _int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1)
     if not ids:
         raise BadRequest("messages" if chat else "prompt", "is empty (no tokens)")
@@ -189,7 +200,9 @@ def parse_generation(body, chat: bool) -> GenRequest:
         v = body.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
             raise BadRequest(name, f"must be a number, got {v!r}")
-    return GenRequest(body=body, chat=chat, prompt_token_ids=ids, max_tokens=max_tokens,
+    n_prompt = ids if count_only else len(ids)
+    return GenRequest(body=body, chat=chat, prompt_token_ids=None if count_only else ids,
+                      num_prompt_tokens=n_prompt, max_tokens=max_tokens,
                       stream=_bool_field(body, "stream"),
                       include_usage=_bool_field(opts, "include_usage"),
                       ignore_eos=_bool_field(body, "ignore_eos"), kv_transfer_params=kv,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
 import time
@@ -95,22 +96,31 @@ class Sink:
         """Whether any byte reached the client (no more retries then)."""
         return self.resp is not None
 
+    async def _open(self) -> web.StreamResponse:
+        """Prepare the SSE response (aiohttp sends its headers with the first bytes)."""
+        self.resp = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Request-Id": self.rid})
+        await self.resp.prepare(self.request)
+        return self.resp
+
     async def write(self, data: bytes, token: bool = False) -> None:
         """Send SSE bytes (opens the response on first use)."""
-        if self.resp is None:
-            self.resp = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                "X-Request-Id": self.rid})
-            await self.resp.prepare(self.request)
+        resp = self.resp or await self._open()
         if token and self.first_token_s < 0:
             self.first_token_s = time.monotonic()
-        await self.resp.write(data)
+        await resp.write(data)
+
+    async def finish(self, data: bytes, token: bool = False) -> None:
+        """Send the last SSE bytes and end the response, in one write."""
+        resp = self.resp or await self._open()
+        if token and self.first_token_s < 0:
+            self.first_token_s = time.monotonic()
+        await resp.write_eof(data)
 
     async def error_event(self, message: str) -> None:
         """End a committed stream with an error event and ``[DONE]``."""
-        await self.write(oa.sse(oa.error_body(message, 502, "BackendError")))
-        await self.write(oa.DONE)
-        await self.resp.write_eof()
+        await self.finish(oa.sse(oa.error_body(message, 502, "BackendError")) + oa.DONE)
 
 
 @dataclass
@@ -122,6 +132,8 @@ class Ctx:
     sink: Sink
     headers: dict
     t0_s: float
+    raw_body: bytes = b""
+    """The client's body as received (a colocated leg forwards it unchanged)."""
     mode: str = "-"
     tried: list[int] = field(default_factory=list)
 
@@ -253,7 +265,8 @@ class Router:
             self.metrics.requests.labels("unauthorized", "-").inc()
             return _error(401, "invalid or missing API key", "AuthenticationError")
         try:
-            req = oa.parse_generation(await request.json(), chat)
+            raw = await request.read()
+            req = oa.parse_generation(json.loads(raw), chat, count_only=True)
         except oa.BadRequest as e:
             self.metrics.requests.labels("bad_request", "-").inc()
             return _error(400, str(e), param=e.field)
@@ -270,7 +283,7 @@ class Router:
                           "RateLimitError")
         rid = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         ctx = Ctx(req, rid, Sink(request, rid),
-                  {**self._backend_headers(request), "X-Request-Id": rid}, t0)
+                  {**self._backend_headers(request), "X-Request-Id": rid}, t0, raw)
         self.num_inflight += 1
         outcome = "failed"
         try:
@@ -379,7 +392,8 @@ class Router:
     async def _run(self, ctx: Ctx, mode: str, lead: int, follow: int, k: int):
         if mode == "colocated":
             ctx.tried.append(lead)
-            return await self._final_leg(ctx, lead, ctx.req.body, ctx.req.num_prompt_tokens,
+            return await self._final_leg(ctx, lead, ctx.raw_body or ctx.req.body,
+                                         ctx.req.num_prompt_tokens,
                                          transfer=False)
         ctx.tried.append(lead)
         lb = self.backends[lead]
@@ -425,29 +439,33 @@ class Router:
         if ctx.req.include_usage:
             await ctx.sink.write(oa.sse(oa.usage_chunk(rid, model, r.get("usage") or {},
                                                        chat=chat)))
-        await ctx.sink.write(oa.DONE)
-        await ctx.sink.resp.write_eof()
+        await ctx.sink.finish(oa.DONE)
         return ctx.sink.resp
 
     async def _json_leg(self, ctx: Ctx, i: int, path: str, body: dict) -> dict:
+        return (await self._json_leg_raw(ctx, i, path, body))[0]
+
+    async def _json_leg_raw(self, ctx: Ctx, i: int, path: str,
+                            body: dict | bytes) -> tuple[dict, bytes]:
         try:
-            return await legs.call_json(self.session, self.backends[i].url + path, body,
-                                        ctx.headers)
+            return await legs.call_json_raw(self.session, self.backends[i].url + path, body,
+                                            ctx.headers)
         except legs.LegError as e:
             e.backend = i
             raise
 
-    async def _final_leg(self, ctx: Ctx, i: int, body: dict, prefill_tokens: int,
+    async def _final_leg(self, ctx: Ctx, i: int, body: dict | bytes, prefill_tokens: int,
                          transfer: bool, handover: _Handover | None = None
                          ) -> web.StreamResponse:
         """The leg whose answer goes to the client unchanged (colocated or decode)."""
         b = self.backends[i]
         with _Leg(b, prefill_tokens, transfer, handover) as acct:
             if not ctx.req.stream:
-                r = await self._json_leg(ctx, i, ctx.path, body)
+                _, data = await self._json_leg_raw(ctx, i, ctx.path, body)
                 acct.first_token()
                 ctx.sink.first_token_s = time.monotonic()
-                return web.json_response(r, headers={"X-Request-Id": ctx.rid})
+                return web.Response(body=data, content_type="application/json",
+                                    headers={"X-Request-Id": ctx.rid})
             try:
                 s = await legs.open_stream(self.session, b.url + ctx.path, body, ctx.headers)
             except legs.LegError as e:
@@ -463,21 +481,44 @@ class Router:
         return ctx.sink.resp
 
     async def _pump(self, ctx: Ctx, s: legs.Stream, acct: _Leg) -> None:
-        """Relay SSE events; hold events without tokens until the first token (retryable)."""
+        """Relay SSE events, bytes unchanged.
+
+        Events without output are held until the first token (a failure before it is
+        retryable); after it, events without generated text or a finish reason (the usage
+        chunk) are held until the next event (they go out with ``[DONE]``). The events of one
+        network read go to the client in one write; the last write carries ``[DONE]`` and
+        the end of the response.
+        """
         held: list[bytes] = []
-        async for raw, payload in s.events():
-            if payload is not None:
-                _raise_on_error_event(payload)
-            if payload is not None and not ctx.sink.committed and not _carries_output(payload):
-                held.append(raw)
-                continue
-            if held:
-                for h in held:
-                    await ctx.sink.write(h)
-                held.clear()
-            acct.first_token()
-            await ctx.sink.write(raw, token=payload is not None)
-        await ctx.sink.resp.write_eof()
+        started = ctx.sink.committed
+        async for batch in s.batches():
+            out: list[bytes] = []
+            token = False
+            try:
+                for raw, payload in batch:
+                    if payload is not None:
+                        _raise_on_error_event(payload)
+                        if not (_carries_output(payload) if not started
+                                else _carries_token(payload)):
+                            held.append(raw)
+                            continue
+                    if not started:
+                        started = True
+                        acct.first_token()
+                    if held:
+                        out.extend(held)
+                        held.clear()
+                    out.append(raw)
+                    token = token or payload is not None
+            except legs.LegError:
+                if out:  # what came before the error event, as if relayed one by one
+                    await ctx.sink.write(b"".join(out), token=token)
+                raise
+            if payload is None:  # [DONE], always last
+                await ctx.sink.finish(b"".join(out), token=token)
+                return
+            if out:
+                await ctx.sink.write(b"".join(out), token=token)
 
     async def _tandem_follow(self, ctx: Ctx, i: int, lead_resp: dict, kv: dict, k: int,
                              ho: _Handover):
@@ -547,8 +588,7 @@ class Router:
             text = oa.chunk_text(p)
             await ctx.sink.write(oa.sse(oa.completion_chunk(
                 rid, model, text if (text or not chat) else None, finish, chat=chat)))
-        await ctx.sink.write(oa.DONE)
-        await ctx.sink.resp.write_eof()
+        await ctx.sink.finish(oa.DONE)
 
 
 class _Handover:
@@ -612,6 +652,13 @@ def _carries_output(payload: dict) -> bool:
     if not choices:
         return True
     return bool(oa.chunk_text(payload)) or choices[0].get("finish_reason") is not None
+
+
+def _carries_token(payload: dict) -> bool:
+    """Whether a chunk carries generated text or a finish reason (not the usage chunk)."""
+    choices = payload.get("choices")
+    return bool(choices) and (bool(oa.chunk_text(payload))
+                              or choices[0].get("finish_reason") is not None)
 
 
 def _error(status: int, message: str, kind: str = "BadRequestError",
