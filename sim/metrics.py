@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,25 @@ RECORD_COLUMNS = (
 )
 
 
+_RECORD_ATTRS = (
+    "rid", "arrival_s", "num_prompt_tokens", "max_output_tokens", "num_cached_prompt_tokens",
+    "status", "reason", "lead", "follow", "split_tokens", "num_preemptions",
+    "handover_cancelled", "first_scheduled_s", "first_token_s", "lead_done_s",
+    "transfer_start_s", "transfer_end_s", "finish_s",
+)
+"""Request attribute behind each of :data:`RECORD_COLUMNS`."""
+_RECORD_GETTERS = tuple(map(attrgetter, _RECORD_ATTRS))
+_RECORD_DTYPES = tuple(
+    np.float64 if a.endswith("_s") else bool if a == "handover_cancelled" else np.int64
+    for a in _RECORD_ATTRS
+)
+_STATUS_NAMES = np.array([next((s.name.lower() for s in RequestStatus if s == k), None)
+                          for k in range(max(RequestStatus) + 1)], dtype=object)
+"""Status code -> outcome name (codes are small ints; gaps are None)."""
+_REASON_TEXTS = np.array([REASON_TEXT.get(k) for k in range(max(Reason) + 1)], dtype=object)
+"""Reason code -> text."""
+
+
 def records(requests: Sequence[Request]) -> pd.DataFrame:
     """One row per request that entered, with derived latencies (seconds).
 
@@ -36,21 +56,17 @@ def records(requests: Sequence[Request]) -> pd.DataFrame:
     Follow's blocks), ``decode_s`` (first token to last, minus transfer), ``ttft_s``,
     ``tpot_s``, ``e2e_s``; NaN where a request never got there.
     """
-    rows = [
-        (r.rid, r.arrival_s, r.num_prompt_tokens, r.max_output_tokens,
-         r.num_cached_prompt_tokens, int(r.status), int(r.reason), r.lead, r.follow,
-         r.split_tokens, r.num_preemptions, r.handover_cancelled, r.first_scheduled_s,
-         r.first_token_s,
-         r.lead_done_s, r.transfer_start_s, r.transfer_end_s, r.finish_s)
-        for r in requests
-    ]
-    df = pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
+    n = len(requests)
+    df = pd.DataFrame({name: np.fromiter(map(get, requests), dtype, count=n)
+                       for name, get, dtype in zip(RECORD_COLUMNS, _RECORD_GETTERS,
+                                                   _RECORD_DTYPES, strict=True)})
     for c in ("first_scheduled_s", "first_token_s", "lead_done_s", "transfer_start_s",
               "transfer_end_s"):
         df[c] = df[c].where(df[c] >= 0)
     done = df.status == int(RequestStatus.COMPLETED)
-    df["outcome"] = df.status.map({int(s): s.name.lower() for s in RequestStatus})
-    df["reason_text"] = df.reason.map({int(k): v for k, v in REASON_TEXT.items()})
+    status = df.status.to_numpy()
+    df["outcome"] = _STATUS_NAMES[status]
+    df["reason_text"] = _REASON_TEXTS[df.reason.to_numpy()]
     df["queue_s"] = df.first_scheduled_s - df.arrival_s
     df["prefill_s"] = df.first_token_s - df.first_scheduled_s
     df["transfer_s"] = (df.transfer_end_s - df.lead_done_s).fillna(0.0).where(done)

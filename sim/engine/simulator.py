@@ -394,53 +394,63 @@ class Simulator:
         dirty.clear()
         insts = self.instances
         for idx in order:
-            if not insts[idx].busy:
+            inst = insts[idx]
+            # an idle instance with nothing queued, running or handed in has nothing to start
+            if not inst.busy and (inst._batch or inst._tail or inst.waiting or inst.ready_kv
+                                  or inst.pending_kv):
                 self._start(idx)
 
     def _start(self, idx: int) -> None:
         inst = self.instances[idx]
-        if inst.ready_kv:
-            for r in inst.ready_kv:
+        ready = inst.ready_kv
+        if ready:
+            for r in ready:
                 r.status = RequestStatus.RUNNING
                 inst.add_running(r)
-            inst.num_transfers_in -= len(inst.ready_kv)
-            inst.ready_kv.clear()
+            inst.num_transfers_in -= len(ready)
+            ready.clear()
         if inst.pending_kv:
             self._try_pull(inst)
         op = self._ops[idx]
-        backend = self.backends[idx]
         now = self.now_s
-        if self._ff:
+        if self._ff and inst._batch and not inst._tail:
             k = inst.plan_decode_run(RUN_LIMIT)
             if k:
-                b, ctx = inst.decode_batch()
-                line = DecodeLine(*backend.decode_line(b, ctx))
-                op.plan, op.line, op.k_planned, op.k_done = None, line, k, k
-                op.start_s, op.end_s = now, now + cum_time_s(line, k)
+                line = DecodeLine(*self.backends[idx].decode_line(inst._run_seqs,
+                                                                  inst.run_ctx_tokens))
+                op.plan = None
+                op.line = line
+                op.k_planned = op.k_done = k
+                op.start_s = now
+                op.end_s = end = now + cum_time_s(line, k)
                 op.step_s = line.a_s + line.const_s
                 inst.busy = True
-                op.version += 1
-                heapq.heappush(self._heap, (op.end_s, ITERATION_END, next(self._seq), idx,
-                                            op.version))
+                op.version = v = op.version + 1
+                heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
                 self.num_runs += 1
                 return
         plan = inst.schedule()
-        if plan is None and self._cancel_stuck_handover(inst):
-            plan = inst.schedule()
         if plan is None:
-            return
+            if not self._cancel_stuck_handover(inst):
+                return
+            plan = inst.schedule()
+            if plan is None:
+                return
         for r in plan.reqs:
             if r.first_scheduled_s < 0:
                 r.first_scheduled_s = now
-        dt = backend.iteration_time_s(*plan.shape_args())
-        op.plan, op.line = plan, None
-        op.start_s, op.end_s, op.step_s = now, now + dt, dt
-        self._launch(inst, op, idx)
-
-    def _launch(self, inst: Instance, op: _Op, idx: int) -> None:
+        dt = self.backends[idx].iteration_time_s(
+            plan.num_prefill_tokens, plan.num_prefill_seqs, plan.prefill_ctx_tokens,
+            plan.prefill_new_x_ctx, plan.prefill_new_sq, plan.num_decode_seqs,
+            plan.decode_ctx_tokens)
+        op.plan = plan
+        op.line = None
+        op.start_s = now
+        op.end_s = end = now + dt
+        op.step_s = dt
         inst.busy = True
-        op.version += 1
-        self._push(op.end_s, ITERATION_END, idx, op.version)
+        op.version = v = op.version + 1
+        heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
 
     def _on_iteration_end(self, idx: int, version: int) -> None:
         op = self._ops[idx]
