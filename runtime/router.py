@@ -514,10 +514,11 @@ class Router:
                 if out:  # what came before the error event, as if relayed one by one
                     await ctx.sink.write(b"".join(out), token=token)
                 raise
-            if payload is None:  # [DONE], always last
+            if payload is None:  # [DONE], always last: the generator ends after it (an
+                # abandoned async generator costs a finalizer task and a loop wake-up)
                 await ctx.sink.finish(b"".join(out), token=token)
-                return
-            if out:
+                await s.drain()
+            elif out:
                 await ctx.sink.write(b"".join(out), token=token)
 
     async def _tandem_follow(self, ctx: Ctx, i: int, lead_resp: dict, kv: dict, k: int,
@@ -572,8 +573,8 @@ class Router:
                             lead_usage: dict, k: int) -> None:
         chat = ctx.req.chat
         async for _, p in s.events():
-            if p is None:
-                break
+            if p is None:  # [DONE], always last (the generator ends after it)
+                continue
             _raise_on_error_event(p)
             acct.first_token()
             if not p.get("choices"):  # the usage chunk: the router's sum
@@ -589,6 +590,7 @@ class Router:
             await ctx.sink.write(oa.sse(oa.completion_chunk(
                 rid, model, text if (text or not chat) else None, finish, chat=chat)))
         await ctx.sink.finish(oa.DONE)
+        await s.drain()
 
 
 class _Handover:
