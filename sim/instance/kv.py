@@ -21,6 +21,7 @@ recomputes little.
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 
 import numpy as np
 
@@ -114,13 +115,20 @@ class KVCache:
         empty = self.num_blocks - self.num_used - self.num_evictable
         if n > empty:
             self.version += 1
-        bph = self.blocks_per_hash
-        while n > empty:
-            h, _ = self._lru.popitem(last=False)
-            del self._refs[h]
-            size = bph if h >= 0 else 1
-            self.num_evictable -= size
-            empty += size
+            bph = self.blocks_per_hash
+            refs = self._refs
+            popitem = self._lru.popitem
+            if bph == 1:  # every entry is one block: evict exactly the shortfall
+                for _ in range(n - empty):
+                    del refs[popitem(False)[0]]
+                self.num_evictable -= n - empty
+            else:
+                while n > empty:
+                    h = popitem(False)[0]
+                    del refs[h]
+                    size = bph if h >= 0 else 1
+                    self.num_evictable -= size
+                    empty += size
         self.num_used += n
         return True
 
@@ -152,6 +160,13 @@ class KVCache:
         when that many can go without touching ``keep`` (it counts whole entries).
         """
         bph = self.blocks_per_hash
+        if bph == 1:  # one block per entry: count the LRU prefix before a kept key (C loops)
+            head = list(islice(self._lru, max(want, 1)))
+            if keep:
+                hit = list(map(frozenset(keep).__contains__, head))
+                if True in hit:
+                    return hit.index(True)
+            return len(head)
         keep = set(keep)
         got = 0
         for key in self._lru:
@@ -175,28 +190,30 @@ class KVCache:
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
+        moved = 0
         for key in hashes:
             rc = refs[key]
             if rc == 0:
                 del lru[key]
-                size = bph if key >= 0 else 1
-                self.num_evictable -= size
-                self.num_used += size
+                moved += bph if key >= 0 else 1
             refs[key] = rc + 1
+        self.num_evictable -= moved
+        self.num_used += moved
 
     def release(self, hashes: tuple) -> None:
         """Drop references; unreferenced entries become evictable (most recent last)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
+        moved = 0
         for key in reversed(hashes):  # free tails first, as vLLM does
             rc = refs[key] - 1
             refs[key] = rc
             if rc == 0:
                 lru[key] = None
-                size = bph if key >= 0 else 1
-                self.num_evictable += size
-                self.num_used -= size
+                moved += bph if key >= 0 else 1
+        self.num_evictable += moved
+        self.num_used -= moved
 
     def register(self, key: int) -> bool:
         """Turn a request's just-computed private blocks into cache entry ``key``.
@@ -221,13 +238,19 @@ class KVCache:
             return 0
         self.version += 1
         refs, lru = self._refs, self._lru
-        moved = 0
-        for key in reversed(self_keys(rid, first, last - first)):  # blocks last-1 .. first
-            if key in refs:
-                continue
-            refs[key] = 0
-            lru[key] = None
-            moved += 1
+        keys = self_keys(rid, first, last - first)[::-1]  # blocks last-1 .. first
+        if refs.keys().isdisjoint(keys):  # the usual case: add them all at C speed
+            refs.update(dict.fromkeys(keys, 0))
+            lru.update(dict.fromkeys(keys))
+            moved = len(keys)
+        else:
+            moved = 0
+            for key in keys:
+                if key in refs:
+                    continue
+                refs[key] = 0
+                lru[key] = None
+                moved += 1
         self.num_used -= moved
         self.num_evictable += moved
         return moved
