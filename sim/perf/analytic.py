@@ -14,13 +14,21 @@ time to launch its kernels: ``max(gpu_layer_time, per_layer_s)``.
 elementwise kernels, two TP all-reduces per layer) is evaluated once per instance for every
 M up to ``max_table_tokens`` and looked up afterwards; attention is evaluated per call from
 the batch sums (:mod:`sim.perf.batch`). The scalar path is plain Python arithmetic on locals.
+
+As in vLLM V1: prefill chunks and decodes share one varlen attention launch per layer (its
+fixed time is paid once); an MoE layer's experts run as one fused grouped GEMM per projection
+(tile waves counted over all experts, each touched expert's weights read once), optionally
+expert-parallel over lock-stepped data-parallel ranks (``ep``); collectives captured in CUDA
+graphs pay the engine's graph latency instead of the eagerly fitted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from sim.catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from sim.catalog import CatalogError, GpuSpec, ModelSpec, get_gpu, get_model
 from sim.perf import kernels
 from sim.perf.base import LatencyBackend
 from sim.perf.batch import BatchArrays
@@ -30,7 +38,7 @@ from sim.perf.params import EngineParams, KernelParams, load_engine_params, load
 def dense_layer_time_s(
     model: ModelSpec, gpu: GpuSpec, kp: KernelParams, tp: int, m: np.ndarray,
     intra_node_bytes_per_s: float | None = None, tp_gpus_per_node: int | None = None,
-    engine: EngineParams | None = None,
+    engine: EngineParams | None = None, ep: int = 1,
 ) -> dict[str, np.ndarray]:
     """Per-layer time of everything but attention for ``m`` tokens, by part.
 
@@ -44,6 +52,8 @@ def dense_layer_time_s(
         tp_gpus_per_node: GPUs of the TP group per node when it spans nodes (None: one node).
         engine: engine profile; its custom all-reduce (if any) replaces NCCL for small
             intra-node messages.
+        ep: expert-parallel degree of an MoE model over data-parallel ranks (1: every GPU
+            holds all experts).
 
     Returns:
         ``{"gemm", "moe", "elementwise", "allreduce"}`` -> ``(n,)`` seconds.
@@ -57,20 +67,29 @@ def dense_layer_time_s(
     moe = np.zeros_like(m)
     ffn = model.intermediate_size / tp
     if model.is_moe:
+        # vLLM's fused-MoE kernel: one grouped launch per projection over every expert that
+        # receives a token (waves counted over all experts' tiles, each expert's weights read
+        # once). With expert parallelism over ``ep`` data-parallel ranks running in lock-step,
+        # this GPU holds E/ep experts and sees the routed tokens of all ranks (vLLM's
+        # all-gather / reduce-scatter dispatch), assuming evenly loaded ranks.
         e, k = model.num_experts, model.num_experts_per_tok
-        active = e * (1.0 - (1.0 - k / e) ** m)  # expected experts hit by m tokens
-        per_expert = np.where(active > 0, m * k / np.maximum(active, 1e-9), 0.0)
-        one = kernels.gemm_time_s(per_expert, model.mlp_up_width / tp, h, gpu, kp, b)
-        one += kernels.gemm_time_s(per_expert, h, ffn, gpu, kp, b)
-        # one fused launch for all experts: pay the fixed kernel time once, not per expert
-        moe = active * np.maximum(one - 2 * kp.gemm_overhead_s, 0.0) + 2 * kp.gemm_overhead_s
-        moe = np.where(m > 0, moe, 0.0)
+        e_local = e / ep
+        m_moe = m * ep
+        # expected experts of this GPU hit by m_moe tokens routed to k of e experts each
+        active = e_local * (1.0 - (1.0 - k / e) ** m_moe)
+        rows = m_moe * k / ep  # (token, expert) pairs landing on this GPU's experts
+        moe = kernels.grouped_gemm_time_s(rows, active, model.mlp_up_width / tp, h, gpu, kp, b)
+        moe += kernels.grouped_gemm_time_s(rows, active, h, ffn, gpu, kp, b)
         moe += kernels.gemm_time_s(m, e, h, gpu, kp, b)  # router
+        if ep > 1:  # gather every rank's tokens, reduce-scatter the expert outputs
+            link = intra_node_bytes_per_s or gpu.intra_node_bytes_per_s
+            moe += kernels.allreduce_time_s(m_moe * h * b, ep, link, graph_collectives(kp, engine))
         if model.shared_expert_intermediate_size:
             sh = model.shared_expert_intermediate_size / tp
             up = sh * (2 if model.gated_mlp else 1)
             moe += kernels.gemm_time_s(m, up, h, gpu, kp, b)
             moe += kernels.gemm_time_s(m, h, sh, gpu, kp, b)
+        moe = np.where(m > 0, moe, 0.0)
     else:
         gemm += kernels.gemm_time_s(m, model.mlp_up_width / tp, h, gpu, kp, b)
         gemm += kernels.gemm_time_s(m, h, ffn, gpu, kp, b)
@@ -87,7 +106,8 @@ def dense_layer_time_s(
     inter = tp_gpus_per_node is not None and tp_gpus_per_node < tp
     if inter:
         link = gpu.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
-    ar = 2 * kernels.allreduce_time_s(mh, tp, link, kp, inter_node=inter)
+    ar = 2 * kernels.allreduce_time_s(mh, tp, link, graph_collectives(kp, engine, inter),
+                                      inter_node=inter)
     # vLLM's custom all-reduce needs NVLink; on PCIe-only GPUs it is off for > 2 GPUs and
     # needs P2P for 2 (the real 2 x RTX PRO 6000 run matches NCCL timing, so: NVLink only)
     custom_ok = gpu.nvlink_bytes_per_s > 0
@@ -97,6 +117,19 @@ def dense_layer_time_s(
         custom = 2 * (engine.custom_allreduce_latency_s + bus)
         ar = np.where(mh <= engine.custom_allreduce_max_bytes, np.minimum(ar, custom), ar)
     return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
+
+
+def graph_collectives(kp: KernelParams, engine: EngineParams | None,
+                      inter_node: bool = False) -> KernelParams:
+    """Kernel parameters for collectives of an engine that runs them inside CUDA graphs.
+
+    The calibrated NCCL latency was fitted to eagerly launched collectives; captured in a
+    graph, an intra-node all-reduce pays only the kernel's own latency
+    (``EngineParams.graph_allreduce_latency_s``). Cross-node collectives keep theirs.
+    """
+    if engine is None or engine.graph_allreduce_latency_s <= 0 or inter_node:
+        return kp
+    return dataclasses.replace(kp, allreduce_latency_s=engine.graph_allreduce_latency_s)
 
 
 def _tail_slope(table: np.ndarray) -> float:
@@ -124,6 +157,7 @@ class AnalyticBackend(LatencyBackend):
         max_table_seqs: int = 2048,
         tp_gpus_per_node: int | None = None,
         pp_inter_node: bool = False,
+        ep: int = 1,
     ) -> None:
         """Build the tables for one instance.
 
@@ -138,6 +172,9 @@ class AnalyticBackend(LatencyBackend):
             max_table_seqs: sequences tabulated for the LM head.
             tp_gpus_per_node: GPUs of the TP group per node if it spans nodes (None: one node).
             pp_inter_node: pipeline stages on different nodes (send/recv over the network).
+            ep: expert-parallel degree over ``ep`` lock-stepped data-parallel replicas of an
+                MoE model (vLLM ``--data-parallel-size ep --enable-expert-parallel``); this
+                backend times one replica, assuming the others carry the same batch.
         """
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
@@ -149,8 +186,12 @@ class AnalyticBackend(LatencyBackend):
         m, g, kp = self.model, self.gpu, self.kp
         tokens = np.arange(max_table_tokens + 1, dtype=np.float64)
         self._tp_gpus_per_node = tp_gpus_per_node
+        if ep < 1 or (ep > 1 and (not m.is_moe or m.num_experts % ep)):
+            raise CatalogError(f"expert parallelism ep={ep} needs an MoE model whose "
+                               f"{m.num_experts} experts it divides")
+        self.ep = ep
         parts = dense_layer_time_s(m, g, kp, tp, tokens, tp_gpus_per_node=tp_gpus_per_node,
-                                   engine=self.engine)
+                                   engine=self.engine, ep=ep)
         self._dense = sum(parts.values())
         # embedding gather + final norm on M tokens
         emb = kernels.elementwise_time_s(tokens * m.hidden_size * m.dtype_bytes * 2, g, kp)
@@ -163,7 +204,8 @@ class AnalyticBackend(LatencyBackend):
             inter = tp_gpus_per_node is not None and tp_gpus_per_node < tp
             tp_link = (g.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
                        if inter else g.intra_node_bytes_per_s)
-            head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, tp_link, kp,
+            head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, tp_link,
+                                             graph_collectives(kp, self.engine, inter),
                                              inter_node=inter)
         eng = self.engine
         self._head = head + eng.fixed_s + eng.per_seq_s * seqs
@@ -191,6 +233,8 @@ class AnalyticBackend(LatencyBackend):
         self._dec_ctx = 2.0 * nkv * hd * mem_dec
         self._dec_seq = 2.0 * nq * hd * mem_dec + kp.attn_decode_per_seq_s
         self._dec_t0 = kp.attn_decode_overhead_s
+        # decodes riding along a prefill launch add only what their fixed time exceeds it by
+        self._dec_t0_mixed = max(kp.attn_decode_overhead_s - kp.attn_prefill_overhead_s, 0.0)
 
     # ---- hot path --------------------------------------------------------------------------
     def iteration_time_s(
@@ -213,12 +257,17 @@ class AnalyticBackend(LatencyBackend):
             over = m - self._max_m
             layer = self._dense[self._max_m] + over * self._slope_m
             extra = self._per_token_extra[self._max_m] + over * self._slope_x
+        # one varlen attention launch per layer serves prefill chunks and decodes together
+        # (vLLM V1's FlashAttention backend): its fixed time is paid once
         if num_prefill_tokens:
             tc = (prefill_new_x_ctx + self._pf_causal * prefill_new_sq) * self._pf_flop
             tm = num_prefill_tokens * self._pf_mem_new + prefill_ctx_tokens * self._pf_mem_ctx
             p = self._pf_pow
             layer += (tc**p + tm**p) ** self._pf_inv_pow + self._pf_t0
-        if num_decode_seqs:
+            if num_decode_seqs:
+                layer += decode_ctx_tokens * self._dec_ctx + num_decode_seqs * self._dec_seq
+                layer += self._dec_t0_mixed
+        elif num_decode_seqs:
             layer += decode_ctx_tokens * self._dec_ctx + num_decode_seqs * self._dec_seq
             layer += self._dec_t0
         if layer < self._cpu_layer:
@@ -244,7 +293,8 @@ class AnalyticBackend(LatencyBackend):
         p = self._pf_pow
         attn_pf = (tc**p + tm**p) ** self._pf_inv_pow + self._pf_t0
         layer = layer + np.where(pt > 0, attn_pf, 0.0)
-        attn_dec = dc * self._dec_ctx + ds * self._dec_seq + self._dec_t0
+        attn_dec = dc * self._dec_ctx + ds * self._dec_seq
+        attn_dec = attn_dec + np.where(pt > 0, self._dec_t0_mixed, self._dec_t0)
         layer = layer + np.where(ds > 0, attn_dec, 0.0)
         layer = np.maximum(layer, self._cpu_layer)
         si = np.minimum(s, self._max_s)
@@ -266,5 +316,6 @@ class AnalyticBackend(LatencyBackend):
     def breakdown_s(self, num_tokens: int) -> dict[str, float]:
         """Per-layer time of the dense parts for ``num_tokens`` tokens, seconds, by part."""
         parts = dense_layer_time_s(self.model, self.gpu, self.kp, self.tp, np.array([num_tokens]),
-                                   tp_gpus_per_node=self._tp_gpus_per_node, engine=self.engine)
+                                   tp_gpus_per_node=self._tp_gpus_per_node, engine=self.engine,
+                                   ep=self.ep)
         return {k: float(v[0]) for k, v in parts.items()}

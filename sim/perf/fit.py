@@ -59,6 +59,14 @@ PRIOR = KernelParams(
 CALIBRATION_DEVICES = {"a100": "a100", "h100": "h100", "a40": "a40"}
 """calibration key -> Vidur device folder."""
 
+GDDR_NO_ECC = "gddr_no_ecc"
+"""Calibration of GDDR cards without inline ECC (RTX 4090: GDDR6X, RTX PRO 6000: GDDR7): the
+A40's (GDDR6 with inline ECC on, as shipped) except for one factor on every streaming
+efficiency, fitted to the real vLLM runs' decode iterations (:func:`fit_gddr_no_ecc`)."""
+MEMORY_FIELDS = ("gemm_memory_eff", "elementwise_memory_eff", "attn_decode_memory_eff",
+                 "attn_prefill_memory_eff")
+"""Efficiencies that are fractions of the datasheet memory bandwidth."""
+
 
 def _solve(residual, x0, lower, upper) -> np.ndarray:
     res = least_squares(
@@ -272,6 +280,57 @@ def fit_engine(
     return dataclasses.replace(base, **fitted)
 
 
+def scale_memory(base: KernelParams, factor: float) -> KernelParams:
+    """``base`` with every streaming efficiency multiplied by ``factor`` (capped at 1)."""
+    return dataclasses.replace(base, **{f: min(getattr(base, f) * factor, 1.0)
+                                        for f in MEMORY_FIELDS})
+
+
+def drain_predictions(rows: pd.DataFrame, kp: KernelParams,
+                      engine: EngineParams | str = "vllm_v1") -> np.ndarray:
+    """Predicted decode iteration seconds for :func:`load_vllm_drain_iterations` rows."""
+    from sim.perf.analytic import AnalyticBackend
+
+    out = np.empty(len(rows))
+    cache: dict = {}
+    for i, r in enumerate(rows.itertuples()):
+        key = (r.model, r.gpu, r.tp)
+        if key not in cache:
+            cache[key] = AnalyticBackend(r.model, r.gpu, tp=int(r.tp), kernel_params=kp,
+                                         engine=engine)
+        out[i] = cache[key].iteration_time_s(0, 0, 0, 0, 0, int(r.batch_size),
+                                             int(r.ctx_tokens))
+    return out
+
+
+def fit_gddr_no_ecc(rows: pd.DataFrame, a40: KernelParams,
+                    engine: EngineParams | str = "vllm_v1") -> float:
+    """Streaming-efficiency factor of GDDR without inline ECC relative to the A40 fit.
+
+    The A40 profiles were taken with ECC on: its GDDR6 then stores check bits inline (1/16 of
+    the memory, reads that fetch them), so streaming kernels reach less of the datasheet
+    bandwidth than on cards without inline ECC. One factor on the four streaming efficiencies
+    is fitted to whole decode iterations of real vLLM V1 runs on such cards (``rows``:
+    :func:`~sim.perf.measurements.load_vllm_drain_iterations`, single-GPU runs only, so that
+    no interconnect enters), with the same robust loss as the other fits.
+    """
+    y = rows.measured_s.to_numpy()
+
+    def residual(v):
+        return np.log(drain_predictions(rows, scale_memory(a40, float(v[0])), engine) / y)
+
+    return float(_solve(residual, [1.0], [0.7], [1.4])[0])
+
+
+def gddr_no_ecc_rows(data_root: Path) -> pd.DataFrame:
+    """Single-GPU drain iterations of the real runs on GPUs calibrated as ``gddr_no_ecc``."""
+    from sim.perf.measurements import load_vllm_drain_iterations
+
+    rows = load_vllm_drain_iterations(data_root)
+    keep = [get_gpu(g).calibration == GDDR_NO_ECC for g in rows.gpu]
+    return rows[np.asarray(keep, dtype=bool) & (rows.tp == 1)].reset_index(drop=True)
+
+
 def fit_distserve_memory(data_root: Path) -> EngineParams:
     """Fit the DistServe engine's memory reserve to its published KV capacities.
 
@@ -330,6 +389,15 @@ def fit_all(data_root: Path) -> tuple[dict[str, KernelParams], EngineParams]:
             f"{'a100' if key == 'a40' else key}_dgx"
         )
         results[key] = dataclasses.replace(kp, fitted_on=note)
+    gddr = gddr_no_ecc_rows(data_root)
+    factor = fit_gddr_no_ecc(gddr, results["a40"])
+    runs = ", ".join(sorted(gddr.run.unique()))
+    results[GDDR_NO_ECC] = dataclasses.replace(
+        scale_memory(results["a40"], factor),
+        fitted_on=f"a40 with its streaming efficiencies x {factor:.4f}, fitted by `python -m "
+        f"sim.perf.fit` to the decode iterations after the last admission of the real vLLM "
+        f"V1 runs {runs} (engine vllm_v1)",
+    )
     sw = load_splitwise(data_root)
     sw_fit = sw[(sw.gpu != HELD_OUT_SPLITWISE_GPU) & sw.gpu.notna()]
     base_engine = EngineParams(

@@ -66,6 +66,47 @@ def gemm_time_s(
     return np.where(m > 0, t, 0.0)
 
 
+def grouped_gemm_time_s(
+    m_total: np.ndarray, groups: np.ndarray, n: float, k: float, gpu: GpuSpec, kp: KernelParams,
+    dtype_bytes=2,
+) -> np.ndarray:
+    """Time of one fused grouped GEMM (a fused-MoE launch).
+
+    ``groups`` experts share ``m_total`` rows, each expert ``C[m_e, n] = A[m_e, k] @ W_e[k, n]``.
+
+    All experts' output tiles run in one grid, so the tile waves are counted over the whole
+    launch (``groups * ceil(m_e/tm) * ceil(n/tn)`` tiles over the SMs), not per expert; each
+    expert's weights are streamed once. Rows are spread evenly, ``m_e = m_total / groups``.
+
+    Args:
+        m_total: rows summed over the groups (tokens x top-k), any shape.
+        groups: experts that receive at least one row (same shape).
+        n: output columns per expert (per-GPU shard).
+        k: reduction dimension.
+        gpu: datasheet peaks.
+        kp: fitted efficiencies (the dense GEMM ones).
+        dtype_bytes: bytes per element.
+
+    Returns:
+        Seconds; 0 where ``m_total`` is 0.
+    """
+    mt = np.asarray(m_total, dtype=np.float64)
+    g = np.maximum(np.asarray(groups, dtype=np.float64), 1e-9)
+    me = mt / g
+    sms = gpu.num_sms
+    flops_per_sm = gpu.peak_flops_per_s / sms
+    best = None
+    for (tm, tn), eff in zip(
+        GEMM_TILES, (kp.gemm_eff_tile_64, kp.gemm_eff_tile_128, kp.gemm_eff_tile_256), strict=True
+    ):
+        tiles = np.ceil(g * np.ceil(me / tm) * np.ceil(n / tn))
+        t = np.ceil(tiles / sms) * (2.0 * tm * tn * k) / (flops_per_sm * eff)
+        best = t if best is None else np.minimum(best, t)
+    t_mem = (mt * k + g * k * n + mt * n) * dtype_bytes / (gpu.hbm_bytes_per_s * kp.gemm_memory_eff)
+    t = _blend(best, t_mem, kp.gemm_blend_power) + kp.gemm_overhead_s
+    return np.where(mt > 0, t, 0.0)
+
+
 def elementwise_time_s(bytes_moved: np.ndarray, gpu: GpuSpec, kp: KernelParams) -> np.ndarray:
     """Time of a memory-bound elementwise kernel that reads and writes ``bytes_moved`` bytes."""
     b = np.asarray(bytes_moved, dtype=np.float64)

@@ -267,16 +267,56 @@ VLLM_RUN_MODEL = {"Llama-3.1-8B": "Llama-3.1-8B", "Qwen3-32B": "Qwen3-32B",
                   "Qwen3-30B-A3B-Instruct-2507": "Qwen3-30B-A3B"}
 
 
-def load_vllm_decode_windows(data_root: Path) -> pd.DataFrame:
+def _generated_per_window(first: np.ndarray, last: np.ndarray, pace: np.ndarray,
+                          ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens generated and mean requests decoding in each window ``(end - 1, end]``.
+
+    Each request generates at its own average pace between its first and last token.
+    """
+    a = ends[:, None] - 1.0
+    b = ends[:, None]
+    ov = np.clip(np.minimum(b, last[None, :]) - np.maximum(a, first[None, :]), 0.0, None)
+    return (ov / np.maximum(pace, 1e-9)[None, :]).sum(axis=1), ov.sum(axis=1)
+
+
+def timeseries_clock_shift(reqs: pd.DataFrame, ts: pd.DataFrame) -> float:
+    """Offset of ``timeseries.csv``'s clock from the requests' (from the first ``queued_ts``).
+
+    The shift that best matches its per-second generation throughput with the tokens the
+    requests generate at their average pace (0.1 s grid over -8..+3 s).
+    """
+    t0 = reqs.queued_ts.min()
+    first = (reqs.first_token_ts - t0).to_numpy()
+    last = (reqs.last_token_ts - t0).to_numpy()
+    pace = (last - first) / (reqs.output_toks - 1).clip(lower=1).to_numpy()
+    gen = ts.gen_throughput.to_numpy()
+    best, best_err = 0.0, np.inf
+    for shift in np.round(np.arange(-8.0, 3.0001, 0.1), 1):
+        tokens, _ = _generated_per_window(first, last, pace, ts.t.to_numpy() + shift)
+        err = np.abs(tokens - gen).sum()
+        if err < best_err:
+            best, best_err = float(shift), err
+    return best
+
+
+def load_vllm_decode_windows(data_root: Path, max_kv_cache_pct: float = 90.0,
+                             min_batch: int = 4) -> pd.DataFrame:
     """Decode-only seconds of the real vLLM V1 runs, as iteration-time measurements.
 
     A second of ``timeseries.csv`` with no prompt throughput in it and the second before
-    (steady decode) gives one decode iteration time ``running / generation tokens per s``.
-    Its batch is the ``running`` count; its attended context is estimated from the requests
-    active at that time (prompt plus tokens generated so far at their average pace). The
-    DP/EP MoE run is left out (its two ranks' batches are not recorded separately).
+    (steady decode) gives one decode iteration time ``batch / generation tokens per s``. The
+    stat logger's clock is offset from the requests' by up to seconds
+    (:func:`timeseries_clock_shift` finds it); on the requests' clock, the batch is the mean
+    number of requests decoding in that second and the attended context is summed over them
+    (prompt plus tokens generated so far at their average pace), at the middle of the second.
+    The DP/EP MoE run is left out (its two ranks' batches are not recorded separately).
+    Seconds with the KV cache over ``max_kv_cache_pct`` full are left out: there vLLM
+    preempts and recomputes, and recomputed prompt tokens do not show as prompt throughput.
+    Seconds with fewer than ``min_batch`` requests are left out (one request finishing
+    inside the second moves the estimate by a large fraction).
 
-    Columns: run, gpu, model, tp, batch_size, ctx_tokens (summed), measured_s.
+    Columns: run, gpu, model, tp, t (end of the second, requests' clock), kv_cache_pct,
+    batch_size (mean), ctx_tokens (summed), measured_s.
     """
     base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
     rows = []
@@ -287,25 +327,115 @@ def load_vllm_decode_windows(data_root: Path) -> pd.DataFrame:
             continue
         reqs = pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
         ts = pd.read_csv(run_dir / "vllm" / "timeseries.csv")
+        shift = timeseries_clock_shift(reqs, ts)
         t0 = reqs.queued_ts.min()
-        first = reqs.first_token_ts - t0
-        last = reqs.last_token_ts - t0
-        pace = (last - first) / (reqs.output_toks - 1).clip(lower=1)
+        first = (reqs.first_token_ts - t0).to_numpy()
+        last = (reqs.last_token_ts - t0).to_numpy()
+        pace = (last - first) / (reqs.output_toks - 1).clip(lower=1).to_numpy()
+        prompt = reqs.input_toks.to_numpy()
         steady = (ts.prompt_throughput == 0) & (ts.prompt_throughput.shift(1) == 0)
+        kv = ts.kv_cache_pct if "kv_cache_pct" in ts else pd.Series(0.0, index=ts.index)
+        steady &= kv.fillna(0.0) < max_kv_cache_pct
         for r in ts[steady & (ts.running > 0) & (ts.gen_throughput > 0)].itertuples():
-            t = r.t - 0.5  # middle of the one-second window
-            act = (first <= t) & (last > t)
-            if act.sum() == 0:
+            end = r.t + shift
+            _, busy = _generated_per_window(first, last, pace, np.array([end]))
+            b = float(busy[0])
+            if b < min_batch:
                 continue
-            gen = ((t - first[act]) / pace[act]).clip(lower=0)
-            b = int(act.sum())
+            t = end - 0.5  # middle of the one-second window
+            act = (first <= t) & (last > t)
+            gen = ((t - first[act]) / pace[act]).clip(min=0)
+            n = int(act.sum())
+            ctx = (prompt[act] + gen).sum() + n
             rows.append({
                 "run": f"{run_dir.parent.name}/{run_dir.name}",
                 "gpu": VLLM_RUN_GPU[run_dir.parent.name],
                 "model": VLLM_RUN_MODEL[run_dir.name],
                 "tp": int(kw.get("tensor_parallel_size") or 1),
-                "batch_size": b,
-                "ctx_tokens": int((reqs.input_toks[act] + gen).sum()) + b,
+                "t": float(end),
+                "kv_cache_pct": float(getattr(r, "kv_cache_pct", 0.0) or 0.0),
+                "batch_size": int(round(b)),
+                "ctx_tokens": int(round(ctx * b / max(n, 1))),
                 "measured_s": b / r.gen_throughput,
+            })
+    return pd.DataFrame(rows)
+
+
+def iteration_rate(first: np.ndarray, last: np.ndarray, output_tokens: np.ndarray,
+                   bin_s: float = 2.0, smooth: float = 0.003) -> tuple[np.ndarray, np.ndarray]:
+    """Engine iterations per second over a run, from its requests alone (one clock).
+
+    In vLLM every running request gains one token per iteration, so request ``i`` sees
+    ``output_i - 1`` iterations between its first and last token. With the rate piecewise
+    constant on ``bin_s`` bins, each request gives one linear equation; they are solved by
+    bounded least squares on relative error, with a small second-difference penalty.
+
+    Returns:
+        ``(edges, rate)``: bin edges ``(n + 1,)`` from 0 and iterations per second ``(n,)``.
+    """
+    from scipy.optimize import lsq_linear
+
+    edges = np.arange(0.0, float(last.max()) + bin_s, bin_s)
+    ov = np.clip(np.minimum(edges[None, 1:], last[:, None])
+                 - np.maximum(edges[None, :-1], first[:, None]), 0.0, None)
+    n_it = np.maximum(output_tokens - 1, 0).astype(np.float64)
+    w = 1.0 / np.maximum(n_it, 10.0)
+    nb = len(edges) - 1
+    d2 = np.diff(np.eye(nb), 2, axis=0) * smooth
+    a = np.vstack([ov * w[:, None], d2])
+    y = np.concatenate([n_it * w, np.zeros(len(d2))])
+    return edges, lsq_linear(a, y, bounds=(0.0, 1e4)).x
+
+
+def load_vllm_drain_iterations(data_root: Path, bin_s: float = 2.0,
+                               min_batch: float = 4.0) -> pd.DataFrame:
+    """Decode iteration times of the real vLLM V1 runs once their last request has started.
+
+    After the last first token nothing is admitted or prefilled any more: every iteration
+    decodes the requests still running. :func:`iteration_rate` gives the iteration time per
+    ``bin_s`` bin on the requests' clock; the batch is the mean number of requests decoding
+    in the bin and the attended context their prompts plus the tokens generated by the
+    bin's middle (each request at its own average pace). The DP/EP MoE run is left out.
+
+    Columns: run, gpu, model, tp, t (bin middle), batch_size (mean), ctx_tokens (summed),
+    measured_s.
+    """
+    base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
+    rows = []
+    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
+        meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
+        kw = meta["engine_kwargs"]
+        if (kw.get("data_parallel_size") or 1) > 1:
+            continue
+        reqs = pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
+        t0 = reqs.queued_ts.min()
+        first = (reqs.first_token_ts - t0).to_numpy()
+        last = (reqs.last_token_ts - t0).to_numpy()
+        out = reqs.output_toks.to_numpy()
+        pace = (last - first) / np.maximum(out - 1, 1)
+        prompt = reqs.input_toks.to_numpy()
+        edges, rate = iteration_rate(first, last, out, bin_s)
+        start = first.max()
+        for i in range(len(rate)):
+            a, z = edges[i], edges[i + 1]
+            if a < start or rate[i] <= 0:
+                continue
+            busy = np.clip(np.minimum(z, last) - np.maximum(a, first), 0.0, None).sum()
+            b = busy / (z - a)
+            if b < min_batch:
+                continue
+            t = 0.5 * (a + z)
+            act = (first <= t) & (last > t)
+            n = int(act.sum())
+            ctx = (prompt[act] + (t - first[act]) / pace[act]).sum() + n
+            rows.append({
+                "run": f"{run_dir.parent.name}/{run_dir.name}",
+                "gpu": VLLM_RUN_GPU[run_dir.parent.name],
+                "model": VLLM_RUN_MODEL[run_dir.name],
+                "tp": int(kw.get("tensor_parallel_size") or 1),
+                "t": float(t),
+                "batch_size": int(round(b)),
+                "ctx_tokens": int(round(ctx * b / max(n, 1))),
+                "measured_s": 1.0 / rate[i],
             })
     return pd.DataFrame(rows)

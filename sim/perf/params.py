@@ -166,6 +166,10 @@ class EngineParams:
     custom all-reduce), seconds; 0 = always NCCL (the fitted collective parameters)."""
     custom_allreduce_max_bytes: int = 0
     """Largest message the custom all-reduce handles; larger ones fall back to NCCL."""
+    graph_allreduce_latency_s: float = 0.0
+    """Fixed latency of an intra-node NCCL all-reduce captured in a CUDA graph (no host launch
+    or synchronisation in it), seconds; replaces the calibration's ``allreduce_latency_s``,
+    which was fitted to eagerly launched collectives. 0 = keep the calibration's."""
     reserved_fixed_gib: float = 1.0
     """Per-GPU memory the engine keeps outside weights and KV (CUDA context, NCCL, graphs), GiB."""
     reserved_per_hidden_bytes: float = 0.0
@@ -188,6 +192,7 @@ class EngineParams:
                 "per_prefill_sq_token_s",
                 "custom_allreduce_latency_s",
                 "custom_allreduce_max_bytes",
+                "graph_allreduce_latency_s",
                 "reserved_fixed_gib",
                 "reserved_per_hidden_bytes",
                 "activation_scale",

@@ -313,3 +313,75 @@ def test_extrapolation_past_the_table_follows_the_average_growth():
 def test_prefill_chunk_on_a_long_cache_costs_about_a_decode():
     be = AnalyticBackend("Llama-3.1-8B", "H100-SXM-80GB")
     assert be.prefill_time_s(1, 100_000) == pytest.approx(be.decode_time_s(1, 100_001), rel=0.25)
+
+
+# ---- vLLM V1 specifics --------------------------------------------------------------------
+def test_mixed_batch_pays_one_attention_launch():
+    kp = make_kernel_params(attn_prefill_overhead_s=2e-6, attn_decode_overhead_s=5e-6)
+    be = perf.AnalyticBackend(make_model(), make_gpu(), kernel_params=kp, engine=make_engine())
+    pre = BatchShape.from_requests([300])
+    dec = BatchShape.from_requests(decode_ctx_tokens=[100, 50])
+    mix = BatchShape.from_requests([300], decode_ctx_tokens=[100, 50])
+    dense = be.breakdown_s
+    layers = 2
+    # decode-only and prefill-only pay their own fixed time; together the larger one
+    sep = (be.time(pre) - layers * sum(dense(300).values())
+           + be.time(dec) - layers * sum(dense(2).values()))
+    together = be.time(mix) - layers * sum(dense(302).values())
+    gpu = make_gpu()
+    extra_embed = (kernels.elementwise_time_s(302 * 256, gpu, kp)
+                   - kernels.elementwise_time_s(300 * 256, gpu, kp)
+                   - kernels.elementwise_time_s(2 * 256, gpu, kp))
+    extra_head = (kernels.gemm_time_s(3, 100, 64, gpu, kp)
+                  - kernels.gemm_time_s(1, 100, 64, gpu, kp)
+                  - kernels.gemm_time_s(2, 100, 64, gpu, kp))
+    assert together - sep == pytest.approx(layers * -2e-6 + extra_embed + extra_head, rel=1e-9)
+    batch = BatchArrays.from_shapes([pre, dec, mix])
+    np.testing.assert_allclose(be.iteration_times_s(batch),
+                               [be.time(pre), be.time(dec), be.time(mix)], rtol=1e-12)
+
+
+def test_graph_captured_all_reduce_uses_the_engine_latency():
+    kp = make_kernel_params(allreduce_latency_s=4e-5)
+    eager = perf.AnalyticBackend(make_model(), make_gpu(), tp=2, kernel_params=kp,
+                                 engine=make_engine())
+    graph = perf.AnalyticBackend(make_model(), make_gpu(), tp=2, kernel_params=kp,
+                                 engine=make_engine(graph_allreduce_latency_s=1e-5))
+    # two all-reduces per layer, two layers, plus the logits gather: 5 x 30 us less
+    diff = eager.decode_time_s(4, 400) - graph.decode_time_s(4, 400)
+    assert diff == pytest.approx(5 * 3e-5, rel=1e-9)
+    one = perf.AnalyticBackend(make_model(), make_gpu(), kernel_params=kp,
+                               engine=make_engine(graph_allreduce_latency_s=1e-5))
+    assert one.breakdown_s(64)["allreduce"] == 0.0
+
+
+def test_moe_experts_run_as_one_grouped_launch():
+    moe = make_model(num_experts=8, num_experts_per_tok=2)
+    gpu, kp = make_gpu(), make_kernel_params()
+    parts = perf.AnalyticBackend(moe, gpu, kernel_params=kp,
+                                 engine=make_engine()).breakdown_s(16)
+    active = 8 * (1 - (1 - 2 / 8) ** 16)
+    want = (kernels.grouped_gemm_time_s(32, active, 256, 64, gpu, kp)
+            + kernels.grouped_gemm_time_s(32, active, 64, 128, gpu, kp)
+            + kernels.gemm_time_s(16, 8, 64, gpu, kp))
+    assert parts["moe"] == pytest.approx(float(want), rel=1e-12)
+
+
+def test_expert_parallel_rank_holds_fewer_experts_and_sees_every_ranks_tokens():
+    moe = make_model(num_experts=8, num_experts_per_tok=2)
+    gpu, kp = make_gpu(), make_kernel_params()
+    be = perf.AnalyticBackend(moe, gpu, kernel_params=kp, engine=make_engine(), ep=2)
+    active = 4 * (1 - (1 - 2 / 8) ** 32)  # 4 local experts, 2 x 16 tokens routed
+    want = (kernels.grouped_gemm_time_s(32, active, 256, 64, gpu, kp)
+            + kernels.grouped_gemm_time_s(32, active, 64, 128, gpu, kp)
+            + kernels.gemm_time_s(16, 8, 64, gpu, kp)
+            + kernels.allreduce_time_s(32 * 64 * 2, 2, 1e11, kp))
+    assert be.breakdown_s(16)["moe"] == pytest.approx(float(want), rel=1e-12)
+    # at decode, a rank streams half the experts: faster than one GPU holding all of them
+    big = "Qwen3-30B-A3B"
+    assert (make_backend(big, "H100-SXM-80GB", ep=2).decode_time_s(64, 64000)
+            < make_backend(big, "H100-SXM-80GB").decode_time_s(64, 64000))
+    with pytest.raises(CatalogError, match="ep=3"):
+        perf.AnalyticBackend(moe, gpu, kernel_params=kp, ep=3)
+    with pytest.raises(CatalogError, match="ep=2"):
+        perf.AnalyticBackend(make_model(), gpu, kernel_params=kp, ep=2)

@@ -162,7 +162,8 @@ def test_dump_and_load_round_trip_to_six_digits(tmp_path):
 
 
 def test_unknown_calibration_and_engine_list_known_ones():
-    with pytest.raises(CatalogError, match="no calibration 'b200'; known: a100, a40, h100"):
+    known = "a100, a40, gddr_no_ecc, h100"
+    with pytest.raises(CatalogError, match=f"no calibration 'b200'; known: {known}"):
         load_kernel_params("b200")
     with pytest.raises(CatalogError, match="no engine profile 'sglang'; known: .*vllm_v1"):
         load_engine_params("sglang")
@@ -208,10 +209,10 @@ def _numeric_fields(cls):
 
 @pytest.mark.slow
 @pytest.mark.shared
-@pytest.mark.parametrize("key", ["a100", "h100", "a40"])
+@pytest.mark.parametrize("key", ["a100", "h100", "a40", "gddr_no_ecc"])
 def test_fit_all_reproduces_stored_kernel_params(real_fit, key):
     kernel_params, _ = real_fit
-    assert set(kernel_params) == {"a100", "h100", "a40"}
+    assert set(kernel_params) == {"a100", "h100", "a40", "gddr_no_ecc"}
     # dump_params keeps 6 significant digits
     assert_fields_close(kernel_params[key], load_kernel_params(key),
                         _numeric_fields(KernelParams), rel=1e-3)
@@ -231,3 +232,30 @@ def test_distserve_memory_fit_reproduces_stored_engine_params(shared_data):
     got = fit.fit_distserve_memory(shared_data)
     assert_fields_close(got, load_engine_params("distserve"), _numeric_fields(EngineParams),
                         rel=1e-3)
+
+
+# ---- GDDR without inline ECC ------------------------------------------------------------------
+def test_fit_gddr_no_ecc_recovers_a_known_factor():
+    a40 = load_kernel_params("a40")
+    rows = pd.DataFrame([("Llama-3.1-8B", "RTX-PRO-6000", 1, b, b * 1200)
+                         for b in (4, 8, 16, 32, 64, 128)],
+                        columns=["model", "gpu", "tp", "batch_size", "ctx_tokens"])
+    rows["measured_s"] = fit.drain_predictions(rows, fit.scale_memory(a40, 1.08))
+    assert fit.fit_gddr_no_ecc(rows, a40) == pytest.approx(1.08, rel=1e-4)
+
+
+def test_scale_memory_touches_only_streaming_efficiencies_and_caps_at_one():
+    a40 = load_kernel_params("a40")
+    got = fit.scale_memory(a40, 1.2)
+    for f in fit.MEMORY_FIELDS:
+        assert getattr(got, f) == pytest.approx(min(getattr(a40, f) * 1.2, 1.0))
+    assert got.gemm_eff_tile_128 == a40.gemm_eff_tile_128
+    assert got.allreduce_latency_s == a40.allreduce_latency_s
+    assert fit.scale_memory(a40, 2.0).gemm_memory_eff == 1.0
+
+
+def test_gddr_cards_use_the_no_ecc_calibration_and_ecc_cards_the_a40_one():
+    for name in ("RTX-4090", "RTX-PRO-6000"):
+        assert get_gpu(name).calibration == fit.GDDR_NO_ECC
+    for name in ("A40", "L40S", "L4", "A10G"):
+        assert get_gpu(name).calibration == "a40"

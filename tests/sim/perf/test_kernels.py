@@ -149,3 +149,27 @@ def test_p2p_by_hand():
     assert float(kernels.p2p_time_s(1e6, 1e11, kp, inter_node=True)) == pytest.approx(
         2e-5 + 1e-4, rel=1e-12)
     assert float(kernels.p2p_time_s(0, 1e11, kp)) == 0.0
+
+
+def test_grouped_gemm_of_one_group_is_a_gemm():
+    gpu, kp = make_gpu(), make_kernel_params(gemm_blend_power=2.0, gemm_overhead_s=1e-6)
+    for m in (1, 7, 64, 300):
+        assert float(kernels.grouped_gemm_time_s(m, 1, 256, 1024, gpu, kp)) == pytest.approx(
+            float(kernels.gemm_time_s(m, 256, 1024, gpu, kp)), rel=1e-12)
+
+
+def test_grouped_gemm_shares_waves_across_groups_by_hand():
+    # 8 groups of 8 rows, n = 64, k = 1024: 8 tiles of 64x64 in one wave of 10 SMs,
+    # 2*64*64*1024 / (1e13 * 0.5) = 1.6777216e-6 s (other tile shapes are slower);
+    # memory: (64*1024 + 8*1024*64 + 64*64) * 2 B / 1e12 = 1.18784e-6 s; sum (power 1)
+    gpu, kp = make_gpu(), make_kernel_params()
+    t = float(kernels.grouped_gemm_time_s(64, 8, 64, 1024, gpu, kp))
+    assert t == pytest.approx(1.6777216e-6 + 1.18784e-6, rel=1e-12)
+    # eight separate launches would each pay the one-wave compute time
+    separate = 8 * float(kernels.gemm_time_s(8, 64, 1024, gpu, kp))
+    assert t < separate
+
+
+def test_grouped_gemm_empty_is_free():
+    gpu, kp = make_gpu(), make_kernel_params(gemm_overhead_s=1e-6)
+    assert float(kernels.grouped_gemm_time_s(0, 0, 64, 64, gpu, kp)) == 0.0
