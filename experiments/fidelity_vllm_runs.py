@@ -26,7 +26,10 @@ The simulator does not couple the ranks' iterations (a prefill chunk on one rank
 the other's step in vLLM), so the MoE run's TTFT is expected to be optimistic.
 
 The table prints, per run, the relative error of each statistic, then the median |error| over
-runs and statistics per metric (all four statistics, and mean/p90/p99 only).
+runs and statistics per metric (all four statistics, and mean/p90/p99 only). One calibration
+is fitted on these runs (the streaming factor of ``conf/calibration/gddr_no_ecc.yaml``, on the
+single-GPU runs' decode iterations), so the same table follows with every run replayed under
+that factor refitted without it (leave-one-out; ``--no-loo`` skips it).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from sim.catalog import get_gpu, get_model
 from sim.engine import ClusterConfig, SimConfig, Simulator
 from sim.instance import InstanceConfig
 from sim.metrics import records
-from sim.perf import AnalyticBackend
+from sim.perf import AnalyticBackend, KernelParams, fit, load_kernel_params
 from sim.perf.measurements import VLLM_RUN_GPU as GPU_NAMES
 from sim.perf.measurements import VLLM_RUN_MODEL as MODEL_NAMES
 from sim.perf.measurements import default_data_root
@@ -83,8 +86,12 @@ def _stats(v: np.ndarray) -> dict[str, float]:
 
 
 def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
-           expert_parallel: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Simulate one run; returns (real requests, simulated records)."""
+           expert_parallel: bool = True, kernel_params: KernelParams | None = None,
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate one run; returns (real requests, simulated records).
+
+    ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
+    """
     real, meta = load_run(run_dir, anchor)
     kw = meta["engine_kwargs"]
     gpu = get_gpu(GPU_NAMES[run_dir.parent.name])
@@ -105,27 +112,56 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
     cluster = ClusterConfig(num_nodes=1, gpus_per_node=8, instances=[inst])
     router = make_router("join_shortest_queue")
     sim = Simulator(model, gpu, cluster, SimConfig(engine=engine), wl, router)
-    if expert_parallel and dp > 1 and kw.get("enable_expert_parallel") and model.is_moe:
-        # InstanceConfig has no expert-parallel field yet: time each DP rank as an EP member
-        ep_backend = AnalyticBackend(model, gpu, tp=tp, engine=engine, ep=dp)
-        sim.backends = [ep_backend for _ in sim.backends]
+    ep = dp if expert_parallel and dp > 1 and kw.get("enable_expert_parallel") else 1
+    if ep > 1 or kernel_params is not None:
+        # InstanceConfig has no expert-parallel field: time each DP rank as an EP member
+        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine, ep=ep,
+                                  kernel_params=kernel_params)
+        sim.backends = [backend for _ in sim.backends]
     sim.run()
     return real, records(sim.entered_requests())
 
 
+def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
+                         ) -> tuple[KernelParams | None, float | None]:
+    """The GPU calibration of ``run`` refitted without that run's own measurements.
+
+    Only the ``gddr_no_ecc`` streaming factor is fitted on these runs
+    (:func:`sim.perf.fit.fit_gddr_no_ecc`); runs whose measurements it does not use (other
+    calibrations, TP > 1, DP) get ``(None, None)``: the stored fit is already blind to them.
+    """
+    gpu = get_gpu(GPU_NAMES[run.split("/")[0]])
+    if gpu.calibration != fit.GDDR_NO_ECC:
+        return None, None
+    rows = fit.gddr_no_ecc_rows(data_root)
+    if run not in set(rows.run):
+        return None, None
+    a40 = load_kernel_params("a40")
+    factor = fit.fit_gddr_no_ecc(rows[rows.run != run], a40, engine)
+    return fit.scale_memory(a40, factor), factor
+
+
 def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
-            expert_parallel: bool = True) -> pd.DataFrame:
-    """One row per (run, metric, statistic): measured, simulated, relative error."""
+            expert_parallel: bool = True, leave_one_out: bool = False) -> pd.DataFrame:
+    """One row per (run, metric, statistic): measured, simulated, relative error.
+
+    With ``leave_one_out`` every run is simulated with the calibration refitted without it
+    (column ``loo_factor`` holds the refitted GDDR factor, NaN where nothing was refitted).
+    """
     base = Path(data_root) / "vllm_runs" / "llmservingsim"
     rows = []
     for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
-        real, sim = replay(run_dir, engine, anchor, expert_parallel)
+        name = f"{run_dir.parent.name}/{run_dir.name}"
+        kp, factor = (leave_one_out_params(data_root, name, engine) if leave_one_out
+                      else (None, None))
+        real, sim = replay(run_dir, engine, anchor, expert_parallel, kp)
         for metric in METRICS:
             ms, ss = _stats(real[metric].to_numpy()), _stats(sim[metric].dropna().to_numpy())
             for st in STATS:
-                rows.append({"run": f"{run_dir.parent.name}/{run_dir.name}", "metric": metric,
-                             "stat": st, "measured_s": ms[st], "simulated_s": ss[st],
-                             "rel_error": ss[st] / ms[st] - 1})
+                rows.append({"run": name, "metric": metric, "stat": st,
+                             "measured_s": ms[st], "simulated_s": ss[st],
+                             "rel_error": ss[st] / ms[st] - 1,
+                             "loo_factor": np.nan if factor is None else factor})
     return pd.DataFrame(rows)
 
 
@@ -150,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="request start on the engine clock (see module docstring)")
     ap.add_argument("--no-ep", action="store_true",
                     help="replay the DP+EP MoE run as independent replicas with all experts")
+    ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-out replays")
     ap.add_argument("--out", type=Path, default=Path("results/fidelity_vllm_runs"))
     args = ap.parse_args(argv)
     table = compare(args.data_root, args.engine, args.anchor, not args.no_ep)
@@ -157,6 +194,14 @@ def main(argv: list[str] | None = None) -> None:
     table.to_csv(args.out / "comparison.csv", index=False)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summarise(table))
+        if not args.no_loo:
+            loo = compare(args.data_root, args.engine, args.anchor, not args.no_ep,
+                          leave_one_out=True)
+            loo.to_csv(args.out / "comparison_leave_one_out.csv", index=False)
+            factors = loo.dropna(subset=["loo_factor"]).groupby("run").loo_factor.first()
+            print("\nleave-one-out (the GDDR streaming factor refitted without the run: "
+                  + ", ".join(f"{r} {f:.3f}" for r, f in factors.items()) + ")")
+            print(summarise(loo))
 
 
 if __name__ == "__main__":
