@@ -81,6 +81,20 @@ class RouterMetrics:
         for b in backends:
             self.inflight.labels(b.url).set(0)
             self.transfers_out.labels(b.url).set(0)
+        self._done: dict[tuple[str, str], tuple] = {}
+
+    def done(self, outcome: str, mode: str, e2e_s: float, ttft_s: float) -> None:
+        """Count one finished request (latencies observed for ``ok``; ttft < 0: none)."""
+        children = self._done.get((outcome, mode))
+        if children is None:  # label lookups once per (outcome, mode)
+            children = self._done[outcome, mode] = (
+                self.requests.labels(outcome, mode), self.e2e.labels(mode),
+                self.ttft.labels(mode))
+        children[0].inc()
+        if outcome == "ok":
+            children[1].observe(e2e_s)
+            if ttft_s >= 0:
+                children[2].observe(ttft_s)
 
 
 class Sink:
@@ -304,11 +318,9 @@ class Router:
             raise
         finally:
             self.num_inflight -= 1
-            self.metrics.requests.labels(outcome, ctx.mode).inc()
-            if outcome == "ok":
-                self.metrics.e2e.labels(ctx.mode).observe(time.monotonic() - t0)
-                if ctx.sink.first_token_s > 0:
-                    self.metrics.ttft.labels(ctx.mode).observe(ctx.sink.first_token_s - t0)
+            first = ctx.sink.first_token_s
+            self.metrics.done(outcome, ctx.mode, time.monotonic() - t0,
+                              first - t0 if first > 0 else -1.0)
 
     async def _end_with_error(self, ctx: Ctx, message: str) -> web.StreamResponse:
         try:
