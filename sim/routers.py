@@ -49,7 +49,9 @@ def _argmin(idx: list[int], load) -> int:
 
 
 def _argmin_of(idx: list[int], loads: list) -> int:
-    """Index in ``idx`` with the smallest ``loads[i]``; ties to the first in ``idx``."""
+    """Index in ``idx`` (ascending) with the smallest ``loads[i]``; ties to the lowest."""
+    if len(idx) == len(loads):  # every instance, in order
+        return loads.index(min(loads))
     return min(idx, key=loads.__getitem__)  # min keeps the first of equal keys
 
 
@@ -110,7 +112,8 @@ class VllmDataParallel(Router):
         self._start += 1
         idx = idx[k:] + idx[:k]
         w, r = view.values("num_waiting"), view.values("num_running")
-        i = _argmin_of(idx, [4 * a + b for a, b in zip(w, r)])
+        loads = [4 * a + b for a, b in zip(w, r)]
+        i = min(idx, key=loads.__getitem__)  # first of equal loads in rotated order
         return Decision(i, i, COLOCATE)
 
 

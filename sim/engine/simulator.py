@@ -133,6 +133,7 @@ class Simulator:
         """Per-role answers cached by the views (roles and KV totals never change)."""
         self._block_size = insts[0].kv.block_size
         self._dirty: set[int] = set()
+        self._roles_t = self._roles  # builds the role/KV caches once (static)
         self.now_s = 0.0
         self._cursor = 0
         n = len(workload)
@@ -144,6 +145,8 @@ class Simulator:
                 (1 << 62) if i.cfg.enable_chunked_prefill else i.cfg.max_num_batched_tokens)
             for i in self.instances
         ]
+        self._capacity_tokens = [i.capacity_tokens for i in self.instances]
+        """KV capacity of each instance, tokens (static)."""
         out = workload.output_tokens
         cv = sim.output_prediction_cv
         if cv > 0:
@@ -212,7 +215,7 @@ class Simulator:
 
     def view(self) -> ClusterView:
         """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``, lazy)."""
-        roles = self._roles
+        roles = self._roles_t
         values = self._view_fields.copy()
         values["kv_total_blocks"] = self._kv_total
         return ClusterView._trusted(self.now_s, roles, self._block_size, self._role_index,
@@ -273,7 +276,7 @@ class Simulator:
             raise RuntimeError("no pending arrival: call next_arrival() first")
         self._pending = None
         reason = self._check_decision(r, decision)
-        if reason != Reason.NONE:
+        if reason:  # Reason.NONE is 0
             self._terminate(r, RequestStatus.REJECTED, reason)
             return r
         inst = self.instances[r.lead]
@@ -317,7 +320,6 @@ class Simulator:
         r = Request(i, self._arrivals[i], self._prompts[i], self._outputs[i], hashes)
         self.requests[i] = r
         self._pending = r
-        self._roles  # noqa: B018  (builds the role/KV caches once)
         return RequestInfo(i, r.arrival_s, r.num_prompt_tokens, self._predicted[i])
 
     def _check_decision(self, r: Request, d: Decision) -> Reason:
@@ -333,11 +335,13 @@ class Simulator:
             follow, split = lead, out
         r.lead, r.follow, r.split_tokens = lead, follow, split
         total = r.num_prompt_tokens + out
-        if total > min(self._inst_max_len[lead], self._inst_max_len[follow]):
+        max_len = self._inst_max_len
+        if total > max_len[lead] or total > max_len[follow]:
             return Reason.PROMPT_EXCEEDS_MAX_MODEL_LEN
-        if r.num_prompt_tokens + split > self.instances[lead].capacity_tokens:
+        capacity = self._capacity_tokens
+        if r.num_prompt_tokens + split > capacity[lead]:
             return Reason.PROMPT_EXCEEDS_KV_CAPACITY
-        if total > self.instances[follow].capacity_tokens:
+        if total > capacity[follow]:
             return Reason.FOLLOW_CANNOT_HOLD_KV
         return Reason.NONE
 
@@ -493,12 +497,16 @@ class Simulator:
         """The Follow pulls pending KV while it has blocks and sequence slots (DistServe)."""
         pending = f.pending_kv
         kv = f.kv
+        bs = kv.block_size
+        max_seqs = f.cfg.max_num_seqs
+        batch, tail = f._batch, f._tail
         while pending:
             r = pending[0]
-            if f.num_running + f.num_transfers_in >= f.cfg.max_num_seqs:
+            if len(batch) + len(tail) + f.num_transfers_in >= max_seqs:
                 return
-            need = kv.blocks_for(r.num_computed_tokens)
-            free = kv.num_free - f.run_owed_blocks  # blocks a decode run in flight still takes
+            need = -(-r.num_computed_tokens // bs)
+            # blocks a decode run in flight still takes are not free
+            free = kv.num_blocks - kv.num_used - f.run_owed_blocks
             if need > free:
                 op = self._ops[f.index]
                 if op.line is None or not f.busy:

@@ -346,25 +346,33 @@ class Instance:
         kv = self.kv
         cfg = self.cfg
         waiting = self.waiting
+        bs = kv.block_size
+        chunked = cfg.enable_chunked_prefill
+        thr = cfg.long_prefill_token_threshold
+        full_isl = cfg.scheduler_reserve_full_isl
+        max_seqs = cfg.max_num_seqs
+        batch, tail = self._batch, self._tail
         while (waiting and budget > 0
-               and self.num_running + self.num_transfers_in < cfg.max_num_seqs):
+               and len(batch) + len(tail) + self.num_transfers_in < max_seqs):
             r = waiting[0]
             keys, hit, pinned = self._prefix_hit(r)
-            start = max(r.num_computed_tokens, hit)
-            n = r.num_tokens - start
-            if not cfg.enable_chunked_prefill and n > budget:
+            c = r.num_computed_tokens
+            start = c if c > hit else hit
+            total = r.num_prompt_tokens + r.num_output_tokens
+            n = total - start
+            if not chunked and n > budget:
                 break
-            if cfg.long_prefill_token_threshold and n > cfg.long_prefill_token_threshold:
-                n = cfg.long_prefill_token_threshold
+            if thr and n > thr:
+                n = thr
             if n > budget:
                 n = budget
-            held = r.num_blocks + hit // kv.block_size
-            need = kv.blocks_for(start + n) - held
-            full = kv.blocks_for(r.num_tokens) - held if cfg.scheduler_reserve_full_isl else need
+            held = r.num_blocks + hit // bs
+            need = -(-(start + n) // bs) - held
+            full = -(-total // bs) - held if full_isl else need
             # taking evictable cached blocks consumes free blocks too
-            if max(need, full) + pinned > kv.num_free:
+            if (need if need >= full else full) + pinned > kv.num_blocks - kv.num_used:
                 break
-            if r.hashes is not None and not r.num_computed_tokens:
+            if r.hashes is not None and not c:
                 kv.num_query_tokens += r.num_prompt_tokens
                 r.num_cached_prompt_tokens = 0
             if keys:
@@ -372,10 +380,11 @@ class Instance:
             kv.allocate(need)
             r.num_blocks += need
             waiting.popleft()
-            self._tail.append(r)
+            tail.append(r)
             r.status = RequestStatus.RUNNING
             self._add(plan, r, n)
             budget -= n
+
     def _prefix_hit(self, r: Request) -> tuple[tuple, int, int]:
         """Cached leading blocks of a not-yet-started request, without taking them.
 
@@ -644,20 +653,26 @@ class Instance:
             return False
         r = self.waiting[0]
         kv = self.kv
+        cfg = self.cfg
         keys, hit, pinned = self._prefix_hit(r)
         self._head_keys = keys
-        start = max(r.num_computed_tokens, hit)
-        n = r.num_tokens - start
-        if not self.cfg.enable_chunked_prefill and n > budget:
+        c = r.num_computed_tokens
+        start = c if c > hit else hit
+        total = r.num_prompt_tokens + r.num_output_tokens
+        n = total - start
+        if not cfg.enable_chunked_prefill and n > budget:
             return False
-        thr = self.cfg.long_prefill_token_threshold
+        thr = cfg.long_prefill_token_threshold
         if thr and n > thr:
             n = thr
-        held = r.num_blocks + hit // kv.block_size
-        need = kv.blocks_for(start + min(n, budget)) - held
-        if self.cfg.scheduler_reserve_full_isl:
-            need = max(need, kv.blocks_for(r.num_tokens) - held)
-        return need + pinned <= kv.num_free
+        bs = kv.block_size
+        held = r.num_blocks + hit // bs
+        need = -(-(start + (n if n < budget else budget)) // bs) - held
+        if cfg.scheduler_reserve_full_isl:
+            full = -(-total // bs) - held
+            if full > need:
+                need = full
+        return need + pinned <= kv.num_blocks - kv.num_used
 
     def run_new_blocks(self, j: int) -> int:
         """Blocks the current decode run's batch has added after ``j`` of its iterations."""
