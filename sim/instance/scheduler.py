@@ -600,10 +600,6 @@ class Instance:
         budget = self.cfg.max_num_batched_tokens
         if seqs > budget:
             return 0
-        self._head_keys = ()
-        if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
-                and self._head_admissible(budget - seqs)):
-            return 0
         step = self._step
         stops = self._stops
         while stops[0][1] not in batch:
@@ -621,6 +617,13 @@ class Instance:
         # group sizes needing a new block at run iterations 0, 1, ..., bs - 1
         order = hist[q::-1] + hist[:q:-1]
         crossing = [0, *accumulate(order[:-1])]
+        if seqs * (2 // bs) + crossing[2 % bs] > kv.num_blocks - kv.num_used:
+            return 0  # not even two iterations fit, whatever is evicted (the usual case at
+            # a full cache; checked before the waiting head, whose answer would not matter)
+        self._head_keys = ()
+        if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
+                and self._head_admissible(budget - seqs)):
+            return 0
         self._run_crossing = crossing
         self._run_seqs = seqs
         # Blocks: the empty ones are taken now; beyond them the run may evict cached entries,
