@@ -95,8 +95,13 @@ def dense_layer_time_s(
         gemm += kernels.gemm_time_s(m, h, ffn, gpu, kp, b)
     mh = m * h * b
     act_width = ffn * max(model.num_experts_per_tok, 1)
-    elem = 2 * kernels.elementwise_time_s(2 * mh, gpu, kp)  # two norms: read + write
-    elem += 2 * kernels.elementwise_time_s(3 * mh, gpu, kp)  # two residual adds
+    if engine is not None and engine.fused_add_norm:
+        # torch.compile fuses each residual add into the norm after it: one kernel reads the
+        # hidden state and the residual and writes both
+        elem = 2 * kernels.elementwise_time_s(4 * mh, gpu, kp)
+    else:
+        elem = 2 * kernels.elementwise_time_s(2 * mh, gpu, kp)  # two norms: read + write
+        elem += 2 * kernels.elementwise_time_s(3 * mh, gpu, kp)  # two residual adds
     act_in = act_width * (2 if model.gated_mlp else 1)
     elem += kernels.elementwise_time_s(m * (act_in + act_width) * b, gpu, kp)
     if model.position_embedding == "rope":

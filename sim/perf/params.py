@@ -166,6 +166,9 @@ class EngineParams:
     custom all-reduce), seconds; 0 = always NCCL (the fitted collective parameters)."""
     custom_allreduce_max_bytes: int = 0
     """Largest message the custom all-reduce handles; larger ones fall back to NCCL."""
+    fused_add_norm: bool = False
+    """Whether each residual add runs fused into the RMSNorm/LayerNorm after it (vLLM V1's
+    torch.compile does this), halving the per-layer norm + add kernels."""
     graph_allreduce_latency_s: float = 0.0
     """Fixed latency of an intra-node NCCL all-reduce captured in a CUDA graph (no host launch
     or synchronisation in it), seconds; replaces the calibration's ``allreduce_latency_s``,

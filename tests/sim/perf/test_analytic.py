@@ -385,3 +385,14 @@ def test_expert_parallel_rank_holds_fewer_experts_and_sees_every_ranks_tokens():
         perf.AnalyticBackend(moe, gpu, kernel_params=kp, ep=3)
     with pytest.raises(CatalogError, match="ep=2"):
         perf.AnalyticBackend(make_model(), gpu, kernel_params=kp, ep=2)
+
+
+def test_fused_add_norm_moves_fewer_bytes_in_fewer_kernels():
+    kp = make_kernel_params(elementwise_overhead_s=1e-6)
+    plain = perf.AnalyticBackend(make_model(), make_gpu(), kernel_params=kp,
+                                 engine=make_engine())
+    fused = perf.AnalyticBackend(make_model(), make_gpu(), kernel_params=kp,
+                                 engine=make_engine(fused_add_norm=True))
+    # per token: norms + adds 2*(2+3)*64*2 B = 1280 B in 4 kernels -> 2*4*64*2 = 1024 B in 2
+    diff = plain.breakdown_s(1000)["elementwise"] - fused.breakdown_s(1000)["elementwise"]
+    assert diff == pytest.approx(1000 * 256 / 1e12 + 2e-6, rel=1e-9)
