@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     vec = analytic.iteration_times_s(small)
     rows = list(zip(*(a.tolist() for a in small), strict=True))
     sca = np.array([analytic.iteration_time_s(*r) for r in rows[:10000]])
-    max_rel = float(np.max(np.abs(sca / vec[:10000] - 1)))
+    ref = vec[:10000]
+    # empty batches cost 0 on both paths (no fixed host time with async scheduling)
+    max_rel = float(np.max(np.abs(sca - ref) / np.where(ref > 0, ref, 1.0)))
     print(f"analytic backend build (tables, Llama-3.1-8B TP1 A100): {build_s * 1e3:.1f} ms")
     print(f"scalar path:     {s_us:.2f} us/call   (target <= 5 us)")
     print(f"vectorised path: {v_mps:.1f} M estimates/s   (target >= 2 M/s)")
