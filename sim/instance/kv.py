@@ -21,7 +21,8 @@ recomputes little.
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import islice
+from bisect import bisect_right
+from itertools import accumulate, islice
 
 import numpy as np
 
@@ -56,6 +57,8 @@ class KVCache:
         "num_hit_tokens",
         "num_query_tokens",
         "version",
+        "_stamp",
+        "_own_memo",
     )
 
     def __init__(
@@ -87,7 +90,13 @@ class KVCache:
         self.num_used = 0
         self.num_evictable = 0
         self._refs: dict[int, int] = {}
-        self._lru: OrderedDict[int, None] = OrderedDict()
+        self._lru: OrderedDict[int, int] = OrderedDict()
+        """Unreferenced entries, least recently used first -> insertion stamp (increasing
+        along the order, so every entry evicted so far has a stamp below the first one's)."""
+        self._stamp = 0
+        """Stamp of the next insertion into ``_lru``."""
+        self._own_memo: tuple | None = None
+        """``(rid, first, limit, negated prefix-minimum stamps)`` of the last own-block match."""
         self.num_hit_tokens = 0
         self.num_query_tokens = 0
         self.version = 0
@@ -190,6 +199,7 @@ class KVCache:
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
+        self._own_memo = None
         moved = 0
         for key in hashes:
             rc = refs[key]
@@ -205,13 +215,17 @@ class KVCache:
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
+        self._own_memo = None
         moved = 0
+        stamp = self._stamp
         for key in reversed(hashes):  # free tails first, as vLLM does
             rc = refs[key] - 1
             refs[key] = rc
             if rc == 0:
-                lru[key] = None
+                lru[key] = stamp
+                stamp += 1
                 moved += bph if key >= 0 else 1
+        self._stamp = stamp
         self.num_evictable += moved
         self.num_used -= moved
 
@@ -239,18 +253,25 @@ class KVCache:
         self.version += 1
         refs, lru = self._refs, self._lru
         keys = self_keys(rid, first, last - first)[::-1]  # blocks last-1 .. first
+        memo = self._own_memo
+        if memo is not None and memo[0] == rid:
+            self._own_memo = None
+        stamp = self._stamp
         if refs.keys().isdisjoint(keys):  # the usual case: add them all at C speed
             refs.update(dict.fromkeys(keys, 0))
-            lru.update(dict.fromkeys(keys))
             moved = len(keys)
+            lru.update(zip(keys, range(stamp, stamp + moved)))
+            stamp += moved
         else:
             moved = 0
             for key in keys:
                 if key in refs:
                     continue
                 refs[key] = 0
-                lru[key] = None
+                lru[key] = stamp
+                stamp += 1
                 moved += 1
+        self._stamp = stamp
         self.num_used -= moved
         self.num_evictable += moved
         return moved
@@ -259,15 +280,26 @@ class KVCache:
         """Consecutive own blocks of ``rid`` resident from block ``first`` (at most ``limit``)."""
         if not self.enable_prefix_caching or limit <= 0:
             return 0
+        lru = self._lru
+        memo = self._own_memo
+        if memo is not None and memo[0] == rid and memo[1] == first and memo[2] == limit:
+            # Since the memo, this request's own entries (unreferenced: it is waiting) can
+            # only have been evicted, LRU first: exactly those stamped below the first entry.
+            front = next(iter(lru.values()), self._stamp)
+            return bisect_right(memo[3], -front)
         refs = self._refs
         key = -(rid << 24) - 1 - first  # self_key(rid, first + n) == key - n
         if key not in refs:
             return 0
         present = list(map(refs.__contains__, range(key, key - limit, -1)))
         try:
-            return present.index(False)
+            n = present.index(False)
         except ValueError:
-            return limit
+            n = limit
+        stamps = list(map(lru.get, range(key, key - n, -1)))
+        if None not in stamps:  # all unreferenced (the caller's request waits): memoise
+            self._own_memo = (rid, first, limit, [-m for m in accumulate(stamps, min)])
+        return n
 
     def check(self) -> None:
         """Assert the block invariants (used in tests and debug runs)."""
