@@ -25,6 +25,7 @@ environment does): ``info = sim.next_arrival()`` runs to the next arrival and re
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -166,15 +167,27 @@ class Simulator:
 
     # ---- public driving API ----------------------------------------------------------------
     def run(self) -> list[Request]:
-        """Simulate the whole workload with ``self.router``; returns every entered request."""
+        """Simulate the whole workload with ``self.router``; returns every entered request.
+
+        Python's cyclic garbage collector is paused while it runs (and restored after): the
+        simulation creates no reference cycles worth collecting, and with a million live
+        requests the collector's full passes cost several percent of the run.
+        """
         if self.router is None:
             raise ValueError("Simulator.run needs a router; pass router=... or drive it with "
                              "next_arrival()/route()")
         if hasattr(self.router, "reset"):
             self.router.reset()
         router = self.router
-        while (info := self.next_arrival()) is not None:
-            self.route(router(self.view(), info))
+        next_arrival, view, route = self.next_arrival, self.view, self.route
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            while (info := next_arrival()) is not None:
+                route(router(view(), info))
+        finally:
+            if paused:
+                gc.enable()
         return self.entered_requests()
 
     def next_arrival(self) -> RequestInfo | None:
