@@ -9,16 +9,33 @@ lognormal prompts of mean 512 and outputs of mean 128 tokens) on
   127.0.0.1 free ports, driven by :mod:`runtime.loadgen` (streaming, ``ignore_eos``),
 
 and print mean TTFT, TPOT (output > 1 only, as ``vllm bench serve``) and E2E of both and the
-relative difference (live / sim - 1). ``--json PATH`` writes the numbers.
+relative difference (live / sim - 1), then where the live TTFT goes: each request carries
+``X-Request-Id: svl-<i>``, the emulators log their engine timestamps (``/emulator/requests``,
+this machine's monotonic clock, as the load generator's send times), and per request
 
-Known systematic differences (live minus sim): HTTP + SSE + router hop on every request and
-the client's own asyncio loop (about 1 to 3 ms on TTFT at this load on 2 cores); the emulator
-sleeps real time per iteration (timer and event-loop jitter lengthen iterations slightly, so
-TPOT is a little higher); the emulator reserves KV for prompt + max_tokens at admission (never
-binding at this load), has no prefix caching (turned off in the simulated instances as well);
-the live router's load-aware heuristics see metrics scraped every 0.25 s plus their own
-in-flight counts, where the simulator's see exact state (``round_robin``, the default here, is
-state-free, so both send every request to the same instance).
+    client TTFT = hop in (client -> router -> emulator handler) + body read/parse
+                  + engine queue (arrival -> first iteration) + engine prefill (-> output 1)
+                  + emission (output 1 sampled -> its chunk written) + hop out (-> client)
+
+The engine part (queue + prefill, the *engine-internal TTFT*) is what the simulator's TTFT
+models; it is shown next to the simulator's queue and prefill for the same requests. The
+rest (hops and emission) is what HTTP, SSE and the router add. ``--rates 4 6 8 --seeds 0 1
+2`` sweeps and prints one summary line per run; ``--json PATH`` writes the numbers.
+
+Known systematic differences (live minus sim): the HTTP + SSE + router hop on every request
+(on 2 shared cores at 6 req/s about 1.5 to 2.5 ms in and 1 to 1.5 ms out, of which the
+router is about 2.5 ms both ways together: a direct client -> emulator hop is about 1 ms in
+and 0.4 ms out), and emission (about 0.5 to 0.8 ms: the event loop's wake-up after the
+planned iteration end plus writing the batch's chunks, in batch order, before the newly
+admitted request's first token); the load generator sends about 1 ms after the schedule on
+average (not part of its TTFT, it only shifts arrivals); the engine's iterations end at
+their planned times (absolute targets), but a loop stall longer than 5 ms is not paid back,
+so on a busy machine a few iterations start late (counted as stalls); the emulator reserves KV
+for prompt + max_tokens at admission (never binding at this load), has no prefix caching
+(turned off in the simulated instances as well); the live router's load-aware heuristics see
+metrics scraped every 0.25 s plus their own in-flight counts, where the simulator's see exact
+state (``round_robin``, the default here, is state-free, so both send every request to the
+same instance).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -32,13 +34,88 @@ logger = logging.getLogger(__name__)
 
 MAX_CATCH_UP_S = 0.005
 """Lateness of an iteration start (after the previous planned end) absorbed, seconds."""
-TIMER_SLACK_S = 0.001
-"""The last part of an iteration's sleep is a blocking ``time.sleep`` (precise to tens of
-microseconds) instead of an event-loop timer, whose wake-up is rounded up to the next
-millisecond by epoll (about 1 ms late on average: every token would reach the client that
-much after the modelled time). Blocking the loop that briefly at the end of an iteration
-changes nothing the emulator models: a request read meanwhile joins the next iteration
-anyway."""
+
+
+class WakeTimer:
+    """Wake-ups at absolute times of the event loop's clock, to tens of microseconds.
+
+    The loop's own timers are rounded up to whole milliseconds by epoll (a sleep ends about
+    1 ms late on average, more on a busy machine): every token would reach the client that
+    much after the modelled time. On Linux this arms a ``timerfd`` on ``CLOCK_MONOTONIC``
+    (the clock of ``loop.time()``) with an absolute expiry and waits for it to become
+    readable, without blocking the loop; elsewhere it falls back to ``asyncio.sleep``.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1
+        self._fut: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._settime = None
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        if not sys.platform.startswith("linux") or \
+                time.get_clock_info("monotonic").implementation != "clock_gettime(CLOCK_MONOTONIC)":
+            return
+        try:
+            import ctypes
+
+            class Timespec(ctypes.Structure):
+                _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+            class Itimerspec(ctypes.Structure):
+                _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.timerfd_settime.argtypes = [ctypes.c_int, ctypes.c_int,
+                                             ctypes.POINTER(Itimerspec), ctypes.c_void_p]
+            fd = libc.timerfd_create(1, os.O_NONBLOCK | os.O_CLOEXEC)  # CLOCK_MONOTONIC
+            if fd < 0:
+                return
+
+            def settime(t_s: float) -> bool:
+                sec = int(t_s)
+                spec = Itimerspec(Timespec(0, 0),
+                                  Timespec(sec, max(1, int((t_s - sec) * 1e9))))
+                return libc.timerfd_settime(fd, 1, ctypes.byref(spec), None) == 0  # ABSTIME
+
+            loop.add_reader(fd, self._on_expiry)
+        except (OSError, AttributeError, NotImplementedError):
+            return
+        self._fd, self._settime = fd, settime
+
+    def _on_expiry(self) -> None:
+        try:
+            os.read(self._fd, 8)
+        except BlockingIOError:
+            return
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    async def sleep_until(self, t_s: float) -> None:
+        """Return at ``loop.time() >= t_s`` (at once, after one yield, if that is past)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.close()
+            self._open(loop)
+        if self._settime is None or t_s <= loop.time() or not self._settime(t_s):
+            await asyncio.sleep(max(t_s - loop.time(), 0.0))
+            return
+        self._fut = loop.create_future()
+        await self._fut
+        if loop.time() < t_s:  # float rounding of the expiry: never return early
+            await asyncio.sleep(t_s - loop.time())
+
+    def close(self) -> None:
+        """Release the timerfd."""
+        if self._fd >= 0:
+            try:
+                self._loop.remove_reader(self._fd)
+            except (RuntimeError, ValueError):  # loop closed
+                pass
+            os.close(self._fd)
+        self._fd, self._settime, self._fut = -1, None, None
 
 
 @dataclass(eq=False)
@@ -122,6 +199,7 @@ class EmulatedEngine:
         self.wake_late_max_s = 0.0
         """Sum and max of how late the loop woke after an iteration's planned end, s."""
         self._wake = asyncio.Event()
+        self._timer = WakeTimer()
 
     # ---- requests --------------------------------------------------------------------------
     def blocks_for(self, num_tokens: int) -> int:
@@ -181,14 +259,21 @@ class EmulatedEngine:
         - an idle engine waits on an event that :meth:`submit` sets, so a request arriving to
           an idle engine starts its iteration at once (no tick), as the simulator does;
         - back-to-back iterations start at the previous iteration's *planned* end and end at
-          ``start + duration`` (absolute targets), so timer overshoot and the Python time
-          spent between iterations do not accumulate (the model's engine overhead already
+          ``start + duration`` (absolute targets, waited for with :class:`WakeTimer`, never
+          by blocking the loop), so timer overshoot and the Python time spent between
+          iterations do not accumulate (the model's engine overhead already
           covers vLLM's own CPU time); a stall longer than :data:`MAX_CATCH_UP_S` is not paid
           back by zero-length iterations: the next one starts when the loop gets control;
         - as vLLM V1, a request that arrives while an iteration runs joins the next one; one
           that arrives after an iteration's planned end (while the loop was still waking up)
           is not slipped into the iteration that started at that end, it joins the one after.
         """
+        try:
+            await self._run()
+        finally:
+            self._timer.close()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         end_s = -1.0  # planned end of the previous iteration (-1: the engine was idle)
         while True:
@@ -215,10 +300,7 @@ class EmulatedEngine:
                 continue
             dt_s = self._iteration_time_s(batch) * self.slowdown
             end_s = start_s + dt_s
-            # always yield once (handlers write the last iteration's tokens, read arrivals)
-            await asyncio.sleep(max(end_s - loop.time() - TIMER_SLACK_S, 0.0))
-            if (left_s := end_s - loop.time()) > 0:
-                time.sleep(left_s)
+            await self._timer.sleep_until(end_s)  # handlers write and read meanwhile
             late_s = loop.time() - end_s
             self.wake_late_sum_s += max(late_s, 0.0)
             self.wake_late_max_s = max(self.wake_late_max_s, late_s)

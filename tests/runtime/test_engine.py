@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from runtime.engine import EmulatedEngine, Seq
+from runtime.engine import EmulatedEngine, Seq, WakeTimer
 from sim.perf import AnalyticBackend
 
 BACKEND = AnalyticBackend("Llama-3.1-8B", "A100-80GB-SXM", tp=1)
@@ -112,3 +112,18 @@ def test_the_last_token_is_known_when_sampled():
                 return seen
             seen.append((val, s.finish_reason is not None and val >= s.num_output_tokens))
     assert run(body) == [(1, False), (2, False), (3, True)]
+
+
+def test_wake_timer_never_returns_early_and_survives_a_new_loop():
+    async def main():
+        loop = asyncio.get_running_loop()
+        timer = WakeTimer()
+        for d in (0.003, 0.0, 0.0105, -1.0, 0.001):
+            t = loop.time() + d
+            await timer.sleep_until(t)
+            assert loop.time() >= t
+        return timer
+
+    timer = asyncio.run(main())
+    asyncio.run(timer.sleep_until(0.0))  # another loop: the timer re-arms on it
+    timer.close()
