@@ -16,14 +16,17 @@ engine's monotonic clock: ``arrival_time`` (wall clock) plus the run's smallest
 token - arrival, E2E = last token - arrival, TPOT = (last - first) / (output - 1), on both
 sides. (``--anchor queued`` uses ``queued_ts`` as arrival, as this script did before.)
 
-The Qwen3-30B-A3B run used data parallel 2 with expert parallelism (each GPU holds 64 of the
-128 experts and runs every rank's routed tokens through them, vLLM's all-gather /
-reduce-scatter dispatch). It is replayed as two lock-stepped DP replicas behind
-join-shortest-queue whose latency backend times one rank with ``ep=2`` (half the experts,
-twice the routed tokens, plus the gather/scatter over PCIe), assuming both ranks carry similar
-batches; ``--no-ep`` replays it as two independent TP1 replicas holding all experts instead.
-The simulator does not couple the ranks' iterations (a prefill chunk on one rank also slows
-the other's step in vLLM), so the MoE run's TTFT is expected to be optimistic.
+The Qwen3-30B-A3B run used data parallel 2 with expert parallelism: each GPU holds 64 of the
+128 experts and runs every rank's routed tokens through them (vLLM's all-gather /
+reduce-scatter dispatch), and the two ranks step in lock-step. The simulator has no such
+instance type, so by default (``--ep-mode group``) the two ranks are replayed as one instance
+with both ranks' slots, token budgets and KV blocks, timed by
+:class:`~sim.perf.analytic.ExpertParallelGroupBackend` (each step lasts as long as the busiest
+rank: its own attention and dense layers, its experts over every rank's tokens, so a prefill
+on one rank slows the other's decodes). One queue for both ranks approximates vLLM's DP load
+balancer. ``--ep-mode replicas`` replays two independent replicas behind join-shortest-queue,
+each timed as an EP rank assuming the other carries the same batch (no coupling);
+``--ep-mode none`` two independent replicas holding every expert.
 
 The table prints, per run, the relative error of each statistic, then the median |error| over
 runs and statistics per metric (all four statistics, and mean/p90/p99 only). One calibration
@@ -45,7 +48,15 @@ from sim.catalog import get_gpu, get_model
 from sim.engine import ClusterConfig, SimConfig, Simulator
 from sim.instance import InstanceConfig
 from sim.metrics import records
-from sim.perf import AnalyticBackend, KernelParams, fit, load_kernel_params
+from sim.perf import (
+    AnalyticBackend,
+    KernelParams,
+    fit,
+    load_engine_params,
+    load_kernel_params,
+    plan_memory,
+)
+from sim.perf.analytic import ExpertParallelGroupBackend
 from sim.perf.measurements import VLLM_RUN_GPU as GPU_NAMES
 from sim.perf.measurements import VLLM_RUN_MODEL as MODEL_NAMES
 from sim.perf.measurements import default_data_root
@@ -53,6 +64,7 @@ from sim.routers import make_router
 from sim.workload import Workload
 
 STATS = ("mean", "p50", "p90", "p99")
+EP_MODES = ("group", "replicas", "none")
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 
 
@@ -86,12 +98,17 @@ def _stats(v: np.ndarray) -> dict[str, float]:
 
 
 def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
-           expert_parallel: bool = True, kernel_params: KernelParams | None = None,
+           ep_mode: str = "group", kernel_params: KernelParams | None = None,
            ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate one run; returns (real requests, simulated records).
 
-    ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
+    ``ep_mode`` says how a DP + expert-parallel run is replayed (see the module docstring):
+    ``group`` (one instance for the lock-stepped ranks), ``replicas`` (independent DP
+    replicas, each timed as an EP rank) or ``none`` (independent replicas holding every
+    expert). ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
     """
+    if ep_mode not in EP_MODES:
+        raise ValueError(f"ep_mode must be one of {', '.join(EP_MODES)}, got {ep_mode!r}")
     real, meta = load_run(run_dir, anchor)
     kw = meta["engine_kwargs"]
     gpu = get_gpu(GPU_NAMES[run_dir.parent.name])
@@ -99,23 +116,35 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
     blocks = (meta.get("kv_cache") or {}).get("num_gpu_blocks") or 0
     tp = int(kw.get("tensor_parallel_size") or 1)
     dp = int(kw.get("data_parallel_size") or 1)
+    seqs, budget = int(kw["max_num_seqs"]), int(kw["max_num_batched_tokens"])
+    ep = dp if dp > 1 and kw.get("enable_expert_parallel") and model.is_moe else 1
+    group = ep > 1 and ep_mode == "group"
+    if group:  # one instance holds the ranks' slots, token budgets and KV blocks
+        blocks = ep * (blocks or plan_memory(model, gpu, tp, 1, load_engine_params(engine),
+                                             block_size=16,
+                                             max_num_batched_tokens=budget).num_blocks)
     inst = InstanceConfig(
         tensor_parallel_size=tp,
-        max_num_seqs=int(kw["max_num_seqs"]),
-        max_num_batched_tokens=int(kw["max_num_batched_tokens"]),
+        max_num_seqs=seqs * (ep if group else 1),
+        max_num_batched_tokens=budget * (ep if group else 1),
         max_model_len=int(kw.get("max_model_len") or 0),
         num_gpu_blocks_override=int(blocks),
-        replicas=dp,
+        replicas=1 if group else dp,
     )
     wl = Workload(arrival_s=real.arrival_s.to_numpy(), prompt_tokens=real.input_toks.to_numpy(),
                   output_tokens=real.output_toks.to_numpy(), name=run_dir.name)
     cluster = ClusterConfig(num_nodes=1, gpus_per_node=8, instances=[inst])
     router = make_router("join_shortest_queue")
     sim = Simulator(model, gpu, cluster, SimConfig(engine=engine), wl, router)
-    ep = dp if expert_parallel and dp > 1 and kw.get("enable_expert_parallel") else 1
-    if ep > 1 or kernel_params is not None:
-        # InstanceConfig has no expert-parallel field: time each DP rank as an EP member
-        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine, ep=ep,
+    # InstanceConfig has no expert-parallel field: the backend is swapped in here
+    if group:
+        backend = ExpertParallelGroupBackend(model, gpu, ep=ep, tp=tp,
+                                             max_num_batched_tokens=budget, engine=engine,
+                                             kernel_params=kernel_params)
+        sim.backends = [backend for _ in sim.backends]
+    elif (ep > 1 and ep_mode == "replicas") or kernel_params is not None:
+        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine,
+                                  ep=ep if ep_mode == "replicas" else 1,
                                   kernel_params=kernel_params)
         sim.backends = [backend for _ in sim.backends]
     sim.run()
@@ -142,7 +171,7 @@ def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
 
 
 def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
-            expert_parallel: bool = True, leave_one_out: bool = False) -> pd.DataFrame:
+            ep_mode: str = "group", leave_one_out: bool = False) -> pd.DataFrame:
     """One row per (run, metric, statistic): measured, simulated, relative error.
 
     With ``leave_one_out`` every run is simulated with the calibration refitted without it
@@ -154,7 +183,7 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
         name = f"{run_dir.parent.name}/{run_dir.name}"
         kp, factor = (leave_one_out_params(data_root, name, engine) if leave_one_out
                       else (None, None))
-        real, sim = replay(run_dir, engine, anchor, expert_parallel, kp)
+        real, sim = replay(run_dir, engine, anchor, ep_mode, kp)
         for metric in METRICS:
             ms, ss = _stats(real[metric].to_numpy()), _stats(sim[metric].dropna().to_numpy())
             for st in STATS:
@@ -184,18 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engine", default="vllm_v1", help="engine profile in conf/engine")
     ap.add_argument("--anchor", default="arrival", choices=("arrival", "queued"),
                     help="request start on the engine clock (see module docstring)")
-    ap.add_argument("--no-ep", action="store_true",
-                    help="replay the DP+EP MoE run as independent replicas with all experts")
+    ap.add_argument("--ep-mode", default="group", choices=EP_MODES,
+                    help="how the DP + expert-parallel run is replayed (module docstring)")
     ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-out replays")
     ap.add_argument("--out", type=Path, default=Path("results/fidelity_vllm_runs"))
     args = ap.parse_args(argv)
-    table = compare(args.data_root, args.engine, args.anchor, not args.no_ep)
+    table = compare(args.data_root, args.engine, args.anchor, args.ep_mode)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "comparison.csv", index=False)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summarise(table))
         if not args.no_loo:
-            loo = compare(args.data_root, args.engine, args.anchor, not args.no_ep,
+            loo = compare(args.data_root, args.engine, args.anchor, args.ep_mode,
                           leave_one_out=True)
             loo.to_csv(args.out / "comparison_leave_one_out.csv", index=False)
             factors = loo.dropna(subset=["loo_factor"]).groupby("run").loo_factor.first()

@@ -324,3 +324,65 @@ class AnalyticBackend(LatencyBackend):
                                    tp_gpus_per_node=self._tp_gpus_per_node, engine=self.engine,
                                    ep=self.ep)
         return {k: float(v[0]) for k, v in parts.items()}
+
+
+class ExpertParallelGroupBackend(LatencyBackend):
+    """``ep`` lock-stepped data-parallel ranks of an MoE model, timed as one instance.
+
+    vLLM's ``--data-parallel-size ep --enable-expert-parallel``: each rank schedules its own
+    requests, but every step all ranks run one forward together, padded to the largest rank's
+    token count (vLLM V1 pads every DP rank to the maximum across ranks so that their CUDA
+    graphs and expert all-gathers match). A rank's attention sees its own requests; its E/ep
+    experts see every rank's (padded) routed tokens; the step lasts as long as the busiest
+    rank. Given the batch of the whole group, decodes are spread evenly over the ranks (their
+    context too) and prefill chunks fill one rank's token budget before the next (a new
+    request lands on one rank), so a prefill slows every rank's decodes, as in the real engine.
+    """
+
+    def __init__(self, model: ModelSpec | str, gpu: GpuSpec | str, ep: int, tp: int = 1,
+                 max_num_batched_tokens: int = 2048, **kwargs) -> None:
+        """Build the per-rank tables.
+
+        Args:
+            model: MoE model spec or catalog name.
+            gpu: GPU spec or catalog name.
+            ep: data-parallel ranks sharing the experts (>= 2).
+            tp: tensor parallel degree of each rank.
+            max_num_batched_tokens: one rank's token budget per step.
+            **kwargs: passed to :class:`AnalyticBackend` (kernel_params, engine, ...).
+        """
+        if ep < 2:
+            raise CatalogError(f"an expert-parallel group needs ep >= 2, got {ep}")
+        self.rank = AnalyticBackend(model, gpu, tp=tp, ep=ep, **kwargs)
+        self.model, self.gpu, self.tp, self.pp, self.ep = (
+            self.rank.model, self.rank.gpu, tp, 1, ep)
+        self.budget = max_num_batched_tokens
+
+    def iteration_time_s(self, num_prefill_tokens: int, num_prefill_seqs: int,
+                         prefill_ctx_tokens: int, prefill_new_x_ctx: int, prefill_new_sq: int,
+                         num_decode_seqs: int, decode_ctx_tokens: int) -> float:
+        """Seconds of one group step given the whole group's batch sums."""
+        # the busiest rank's own batch, timed as an EP rank (its experts see ep x its padded
+        # token count)
+        ep = self.ep
+        pt, ds = num_prefill_tokens, num_decode_seqs
+        d = -(-ds // ep)
+        dc = decode_ctx_tokens * d / ds if ds else 0.0
+        worst = 0.0
+        left = float(pt)
+        for _ in range(ep):
+            take = min(left, max(self.budget - d, 0)) if left else 0.0
+            f = take / pt if pt else 0.0
+            seqs = max(round(num_prefill_seqs * f), 1) if take else 0
+            worst = max(worst, self.rank.iteration_time_s(
+                int(take), seqs, int(prefill_ctx_tokens * f), int(prefill_new_x_ctx * f),
+                int(prefill_new_sq * f), d, int(dc)))
+            left -= take
+            if not left:
+                break
+        return worst
+
+    def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
+        """Vectorised :meth:`iteration_time_s` (a loop: this backend serves experiments)."""
+        rows = zip(*(np.asarray(a).tolist() for a in batch), strict=True)
+        return np.array([self.iteration_time_s(*r) for r in rows], dtype=np.float64)

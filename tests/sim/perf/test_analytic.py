@@ -396,3 +396,25 @@ def test_fused_add_norm_moves_fewer_bytes_in_fewer_kernels():
     # per token: norms + adds 2*(2+3)*64*2 B = 1280 B in 4 kernels -> 2*4*64*2 = 1024 B in 2
     diff = plain.breakdown_s(1000)["elementwise"] - fused.breakdown_s(1000)["elementwise"]
     assert diff == pytest.approx(1000 * 256 / 1e12 + 2e-6, rel=1e-9)
+
+
+def test_expert_parallel_group_is_its_busiest_rank():
+    from sim.perf.analytic import ExpertParallelGroupBackend
+
+    moe = make_model(num_experts=8, num_experts_per_tok=2)
+    gpu, kp, eng = make_gpu(), make_kernel_params(), make_engine()
+    group = ExpertParallelGroupBackend(moe, gpu, ep=2, max_num_batched_tokens=100,
+                                       kernel_params=kp, engine=eng)
+    rank = perf.AnalyticBackend(moe, gpu, kernel_params=kp, engine=eng, ep=2)
+    # decodes split evenly (the odd one on the busiest rank), context with them
+    assert group.iteration_time_s(0, 0, 0, 0, 0, 9, 900) == pytest.approx(
+        rank.iteration_time_s(0, 0, 0, 0, 0, 5, 500), rel=1e-12)
+    # a prefill fills one rank's budget (100 - 5 decodes) before spilling to the next
+    t = group.iteration_time_s(150, 1, 0, 0, 150**2, 10, 1000)
+    f = 95 / 150
+    a = rank.iteration_time_s(95, 1, 0, 0, int(150**2 * f), 5, 500)
+    b = rank.iteration_time_s(55, 1, 0, 0, int(150**2 * (1 - f)), 5, 500)
+    assert t == pytest.approx(max(a, b), rel=1e-12)
+    assert t > group.iteration_time_s(0, 0, 0, 0, 0, 10, 1000)  # the prefill slows every rank
+    with pytest.raises(CatalogError, match="ep >= 2"):
+        ExpertParallelGroupBackend(moe, gpu, ep=1)
