@@ -407,9 +407,16 @@ class Simulator:
 
     def _schedule_dirty(self) -> None:
         dirty = self._dirty
-        order = sorted(dirty) if len(dirty) > 1 else list(dirty)
-        dirty.clear()
         insts = self.instances
+        if len(dirty) == 1:
+            idx = dirty.pop()
+            inst = insts[idx]
+            if not inst.busy and (inst._batch or inst._tail or inst.waiting or inst.ready_kv
+                                  or inst.pending_kv):
+                self._start(idx)
+            return
+        order = sorted(dirty)
+        dirty.clear()
         for idx in order:
             inst = insts[idx]
             # an idle instance with nothing queued, running or handed in has nothing to start

@@ -90,6 +90,8 @@ class Instance:
         self.cfg = cfg
         self.kv = KVCache(num_blocks, cfg.block_size, max(hash_block_tokens, cfg.block_size),
                           cfg.enable_prefix_caching)
+        self._bs = cfg.block_size
+        """Tokens per KV block (``kv.block_size``)."""
         self.waiting: deque[Request] = deque()
         self.pending_kv: deque[Request] = deque()
         """Requests whose KV must be pulled into this instance (it is their Follow)."""
@@ -193,7 +195,7 @@ class Instance:
         self._joins = seq + 1
         off = r.num_computed_tokens - self._step
         self._batch[seq] = (r, off)
-        ph = off % self.kv.block_size
+        ph = off % self._bs
         self._phase[ph][seq] = r
         self._hist[ph] += 1
         self._sum_offset += off
@@ -203,14 +205,20 @@ class Instance:
 
     def _leave(self, seq: int) -> Request:
         """Remove decode-batch member ``seq`` and write its counters back."""
-        r, off = self._batch.pop(seq)
-        ph = off % self.kv.block_size
+        batch = self._batch
+        r, off = batch.pop(seq)
+        bs = self._bs
+        ph = off % bs
         del self._phase[ph][seq]
         self._hist[ph] -= 1
         self._sum_offset -= off
-        self._register_pending.pop(seq, None)
-        self._write_counters(r, off)
-        if not self._batch:
+        if self._register_pending:
+            self._register_pending.pop(seq, None)
+        c = off + self._step  # _write_counters, inlined
+        r.num_computed_tokens = c
+        r.num_output_tokens = c - r.num_prompt_tokens + 1
+        r.num_blocks = -(-c // bs)
+        if not batch:
             self._stops.clear()
         return r
 
@@ -219,7 +227,7 @@ class Instance:
         c = off + self._step
         r.num_computed_tokens = c
         r.num_output_tokens = c - r.num_prompt_tokens + 1
-        r.num_blocks = -(-c // self.kv.block_size)
+        r.num_blocks = -(-c // self._bs)
 
     def _unbatch(self) -> None:
         """Move every decode-batch member to the front of the tail (explicit scheduling)."""
