@@ -32,8 +32,11 @@ from sim.perf import LatencyBackend
 
 logger = logging.getLogger(__name__)
 
-MAX_CATCH_UP_S = 0.005
-"""Lateness of an iteration start (after the previous planned end) absorbed, seconds."""
+MAX_CATCH_UP_S = 0.025
+"""Lateness of an iteration start absorbed, seconds: an iteration that follows another
+starts at the previous planned end, and one that an arrival to an idle engine starts begins
+at that arrival, if the loop gets there within this (host jitter is not the emulated GPU's
+time; a longer stall is lost, not paid back by a burst of zero-length iterations)."""
 
 
 class WakeTimer:
@@ -130,6 +133,8 @@ class Seq:
     """Outputs to sample."""
     arrival_s: float
     """Engine clock (monotonic) at submission, seconds."""
+    ready_s: float = -1.0
+    """Engine clock when it was submitted (after a remote KV pull, later than arrival)."""
     num_computed_tokens: int = 0
     """Tokens with KV here (starts at ``prompt - 1`` after a remote prefill)."""
     num_output_tokens: int = 0
@@ -211,7 +216,8 @@ class EmulatedEngine:
         return self.blocks_for(num_tokens) <= self.num_blocks
 
     def submit(self, seq: Seq) -> None:
-        """Queue a request (FCFS)."""
+        """Queue a request (FCFS); it may join an iteration that starts from now on."""
+        seq.ready_s = asyncio.get_running_loop().time()
         self.waiting.append(seq)
         self._wake.set()
 
@@ -257,7 +263,8 @@ class EmulatedEngine:
         Timing, on the event loop's monotonic clock:
 
         - an idle engine waits on an event that :meth:`submit` sets, so a request arriving to
-          an idle engine starts its iteration at once (no tick), as the simulator does;
+          an idle engine starts its iteration at once (no tick), at its arrival time, as the
+          simulator does;
         - back-to-back iterations start at the previous iteration's *planned* end and end at
           ``start + duration`` (absolute targets, waited for with :class:`WakeTimer`, never
           by blocking the loop), so timer overshoot and the Python time spent between
@@ -276,6 +283,7 @@ class EmulatedEngine:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         end_s = -1.0  # planned end of the previous iteration (-1: the engine was idle)
+        last_end_s = -1.0  # planned end of the last iteration run
         while True:
             now_s = loop.time()
             self._expire_pinned(now_s)
@@ -285,9 +293,13 @@ class EmulatedEngine:
                 if end_s >= 0:
                     self.num_stalls += 1
                 start_s = now_s
+                if end_s < 0 and self.waiting:  # idle: start at the arrival that woke it
+                    t_s = max(self.waiting[0].ready_s, last_end_s)
+                    if 0 <= now_s - t_s <= MAX_CATCH_UP_S:
+                        start_s = t_s
             batch = self._schedule(start_s)
             if not batch:
-                if end_s >= 0 and self.waiting and self.waiting[0].arrival_s > start_s:
+                if end_s >= 0 and self.waiting and self.waiting[0].ready_s > start_s:
                     end_s = -1.0  # only late arrivals wait: start their iteration now
                     continue
                 end_s = -1.0
@@ -299,7 +311,7 @@ class EmulatedEngine:
                     pass
                 continue
             dt_s = self._iteration_time_s(batch) * self.slowdown
-            end_s = start_s + dt_s
+            end_s = last_end_s = start_s + dt_s
             await self._timer.sleep_until(end_s)  # handlers write and read meanwhile
             late_s = loop.time() - end_s
             self.wake_late_sum_s += max(late_s, 0.0)
@@ -323,7 +335,7 @@ class EmulatedEngine:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             s = self.waiting[0]
-            if s.arrival_s > start_s:
+            if s.ready_s > start_s:
                 break  # arrived after this iteration started: the next one takes it
             need = self.blocks_for(s.num_prompt_tokens + s.max_tokens)
             if self.num_used_blocks + need > self.num_blocks:
