@@ -29,6 +29,7 @@ import gc
 import heapq
 import itertools
 import logging
+from itertools import compress
 from enum import IntEnum
 from operator import add, attrgetter
 
@@ -240,7 +241,11 @@ class Simulator:
         return list(map(len, self._q_waiting))
 
     def _num_running(self) -> list[int]:
-        return list(map(add, map(len, self._q_batch), map(len, self._q_tail)))
+        out = list(map(len, self._q_batch))
+        tails = self._q_tail
+        for i in compress(range(len(tails)), tails):  # the few instances with a tail
+            out[i] += len(tails[i])
+        return out
 
     def _queued_prefill(self) -> list[int]:
         return list(map(_QUEUED, self.instances))

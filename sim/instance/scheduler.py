@@ -622,16 +622,18 @@ class Instance:
         bs = kv.block_size
         hist = self._hist
         q = -step % bs
-        # group sizes needing a new block at run iterations 0, 1, ..., bs - 1
-        order = hist[q::-1] + hist[:q:-1]
-        crossing = [0, *accumulate(order[:-1])]
-        if seqs * (2 // bs) + crossing[2 % bs] > kv.num_blocks - kv.num_used:
+        # blocks the first two iterations add (the phase groups q and q - 1 mod bs)
+        two = hist[q] + hist[q - 1] if bs > 2 else seqs * (2 // bs)
+        if two > kv.num_blocks - kv.num_used:
             return 0  # not even two iterations fit, whatever is evicted (the usual case at
             # a full cache; checked before the waiting head, whose answer would not matter)
         self._head_keys = ()
         if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
                 and self._head_admissible(budget - seqs)):
             return 0
+        # group sizes needing a new block at run iterations 0, 1, ..., bs - 1
+        order = hist[q::-1] + hist[:q:-1]
+        crossing = [0, *accumulate(order[:-1])]
         self._run_crossing = crossing
         self._run_seqs = seqs
         # Blocks: the empty ones are taken now; beyond them the run may evict cached entries,
