@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sim.instance import KVCache
+from sim.instance.kv import self_key, self_keys
 
 BIG_PROMPT = 10_000
 """A prompt long enough that match_prefix is never limited by its last token."""
@@ -219,3 +220,59 @@ def test_random_operations_keep_invariants(seed):
         referenced = {k for _, s in holders for k in s}
         assert kv.num_used == sum(p for p, _ in holders) + bph * len(referenced)
         assert 0 <= kv.num_used + kv.num_evictable <= kv.num_blocks
+
+
+def own_run(kv: KVCache, rid: int, first: int, limit: int) -> int:
+    """Consecutive own blocks of ``rid`` from ``first``, probed key by key (no memo)."""
+    n = 0
+    while n < limit and self_key(rid, first + n) in kv._refs:
+        n += 1
+    return n
+
+
+def test_own_block_match_follows_lru_evictions_after_it_was_memoised():
+    """A waiting request's own-block match is memoised; evictions since then shrink it."""
+    kv = KVCache(100)
+    for rid, blocks in ((1, 10), (2, 30), (3, 20)):
+        assert kv.allocate(blocks)
+        assert kv.cache_own_blocks(rid, 0, blocks) == blocks  # preempted: kept as evictable
+    for evict in (0, 5, 20, 3, 9, 1, 30):
+        assert kv.allocate(evict) or evict > kv.num_free
+        kv.check()
+        for rid in (1, 2, 3):
+            for first, limit in ((0, 40), (2, 5)):
+                assert kv.match_own_blocks(rid, first, limit) == own_run(kv, rid, first, limit)
+                assert kv.match_own_blocks(rid, first, limit) == own_run(kv, rid, first, limit)
+
+
+def test_own_block_match_with_a_gap_left_by_an_older_preemption():
+    """Blocks cached by an earlier preemption are evicted before younger lower ones."""
+    kv = KVCache(40)
+    assert kv.allocate(10)
+    kv.cache_own_blocks(7, 0, 10)  # blocks 0..9 of request 7
+    keys = tuple(self_keys(7, 0, 8))
+    kv.acquire(keys)  # readmitted on blocks 0..7; blocks 8, 9 stay cached
+    assert kv.allocate(6)  # recomputes blocks 8..13 privately
+    kv.cache_own_blocks(7, 8, 14)  # preempted again: 8, 9 exist already, 10..13 are new
+    kv.release(keys)
+    kv.free(6 - 4)
+    kv.check()
+    assert kv.match_own_blocks(7, 0, 20) == own_run(kv, 7, 0, 20) == 14
+    assert kv.allocate(kv.num_blocks - kv.num_used - kv.num_evictable + 2)  # evicts 9, 8
+    assert kv.match_own_blocks(7, 0, 20) == own_run(kv, 7, 0, 20) == 8
+
+
+@pytest.mark.parametrize("keep", [(), (5,), (3, 9)])
+def test_evictable_before_counts_the_lru_prefix_before_kept_keys(keep):
+    kv = KVCache(20)
+    cache_entries(kv, tuple(range(12)))
+    for want in (-1, 0, 1, 4, 12, 30):
+        brute, got = 0, 0
+        for key in kv._lru:
+            if key in keep:
+                break
+            brute += 1
+            if brute >= want:
+                break
+        got = kv.evictable_before(want, keep)
+        assert got == brute, (want, keep)
