@@ -10,7 +10,9 @@
 * whole-iteration error against Splitwise's measured prefill times and decode TBT (A100
   fitted, H100 held out; the power-capped H100 is reported but not a target);
 * agreement with DistServe's fitted latency formulas (OPT-13B/66B, A100) on their range;
-* KV capacity against DistServe's table.
+* KV capacity against DistServe's table;
+* decode iterations of the real vLLM 0.19 runs after their last admission (engine vllm_v1;
+  the single-GPU runs fitted the ``gddr_no_ecc`` streaming factor, the TP2 run did not).
 
 Errors are absolute percentage errors (APE = |predicted / measured - 1|), summarised by
 median and p90 per group.
@@ -195,6 +197,27 @@ def _plot(df: pd.DataFrame, hue: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def vllm_v1_errors(data_root: Path) -> pd.DataFrame:
+    """Predicted vs measured decode iterations of the real vLLM 0.19 runs (engine vllm_v1).
+
+    The iterations after each run's last admission
+    (:func:`~sim.perf.measurements.load_vllm_drain_iterations`); the single-GPU runs fitted
+    the ``gddr_no_ecc`` streaming factor (``fitted``), the TP2 run did not.
+    """
+    from sim.perf.fit import drain_predictions
+    from sim.perf.measurements import load_vllm_drain_iterations
+
+    rows = load_vllm_drain_iterations(data_root)
+    pred = np.concatenate([
+        drain_predictions(g, load_kernel_params(get_gpu(gpu).calibration))
+        for gpu, g in rows.groupby("gpu", sort=False)
+    ])
+    rows = pd.concat([g for _, g in rows.groupby("gpu", sort=False)], ignore_index=True)
+    out = rows.assign(predicted_s=pred, fitted=rows.tp == 1)
+    out["ape"] = (out.predicted_s / out.measured_s - 1).abs()
+    return out
+
+
 def run(data_root: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
     """Compute every comparison, write CSVs, plots and ``report.md``; return the summaries."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,8 +227,10 @@ def run(data_root: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
     it = iteration_errors(data_root)
     ds = distserve_agreement(data_root)
     kv = kv_capacity_errors(data_root)
+    v1 = vllm_v1_errors(data_root)
     for name, df in (("operators", ops), ("attention", attn), ("network", net),
-                     ("iterations", it), ("distserve_agreement", ds), ("kv_capacity", kv)):
+                     ("iterations", it), ("distserve_agreement", ds), ("kv_capacity", kv),
+                     ("vllm_v1_decode", v1)):
         df.to_csv(out_dir / f"{name}.csv", index=False)
     summaries = {
         "operators": _summary(ops, ["kind", "op", "device", "held_out"]),
@@ -218,6 +243,7 @@ def run(data_root: Path, out_dir: Path) -> dict[str, pd.DataFrame]:
         "distserve_agreement": _summary(ds, ["phase", "model", "tp"]),
         "kv_capacity": kv.groupby("model").ape.agg(n="size", median_ape="median",
                                                    max_ape="max").reset_index(),
+        "vllm_v1_decode": _summary(v1, ["run", "fitted"]),
     }
     _plot(ops[ops.kind == "gemm"], "device", out_dir / "gemm.png", "GEMMs (Vidur mlp.csv)")
     _plot(attn, "op", out_dir / "attention.png", "Attention (A100)")
@@ -286,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         for name in ("gemm_by_device", "attention", "network", "network_all", "iterations",
                      "iteration_groups",
-                     "distserve_agreement", "kv_capacity"):
+                     "distserve_agreement", "kv_capacity", "vllm_v1_decode"):
             print(f"\n== {name} ==")
             print(summaries[name].to_string(index=False))
         print("\n== targets ==")

@@ -113,3 +113,13 @@ def test_check_targets_flags_a_miss():
     assert t.loc["worst device/TP/phase group median APE (not power-capped)", "value"] == 0.05
     assert not t.loc["KV capacity max APE vs DistServe", "met"]
     assert t.met.sum() == len(t) - 2
+
+
+@pytest.mark.shared
+def test_vllm_v1_decode_iterations_are_reported(validation):
+    out, summaries, _ = validation
+    s = summaries["vllm_v1_decode"]
+    assert (out / "vllm_v1_decode.csv").exists()
+    assert set(s.run) == {"RTX4090/Llama-3.1-8B", "RTXPRO6000/Llama-3.1-8B",
+                          "RTXPRO6000/Qwen3-32B"}
+    assert (s.median_ape < 0.25).all()
