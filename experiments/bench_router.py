@@ -12,8 +12,9 @@
   p50/p99 of each and the difference of the medians. Closed loop, one request at a time;
 - added latency at fixed arrival rates (``--rates``, default 50 200 500 req/s): open-loop
   Poisson arrivals for ``--seconds`` per run of streaming requests (8-word prompt,
-  ``max_tokens`` 2, :mod:`runtime.loadgen`), first straight to the emulator then through the
-  router (same schedule); E2E p50/p99 of each and their differences; the router process's
+  ``max_tokens`` 2, :mod:`runtime.loadgen`), straight to the emulator and through the router
+  (same schedule; ``--rate-runs`` repeats, alternating which goes first, and prints median and
+  range); E2E p50/p99 of each and their differences; the router process's
   CPU seconds per 1,000 requests (``/proc/<pid>/stat`` utime + stime over the routed run) and
   its mean decision time from ``baton_router_decision_seconds`` (sum / count).
 
@@ -143,8 +144,13 @@ def _decision_mean_us(router_url: str) -> tuple[float, float]:
 
 
 def bench_rates(rates: list[float], seconds: float, emu_port: int, router_port: int,
-                router_args: list[str]) -> list[dict]:
-    """Open-loop added latency, router CPU and decision time per arrival rate."""
+                router_args: list[str], runs: int = 1) -> list[dict]:
+    """Open-loop added latency, router CPU and decision time per arrival rate.
+
+    ``runs`` > 1 repeats every rate (a fresh schedule each time; odd runs send through the
+    router first, so drifting host load does not favour one side) and prints the median
+    and range of the differences per rate.
+    """
     import asyncio
 
     sys.path.insert(0, str(REPO))
@@ -173,18 +179,21 @@ def bench_rates(rates: list[float], seconds: float, emu_port: int, router_port: 
         warm = Workload(np.arange(50) * 0.01, [8] * 50, [2] * 50)
         for url in (direct_url, router_url):
             asyncio.run(loadgen.replay(url, warm, model="m"))
-        for rate in rates:
+        for run, rate in ((k, rate) for k in range(runs) for rate in rates):
             n = int(rate * seconds)
             w = Workload(np.cumsum(rng.exponential(1.0 / rate, n)), [8] * n, [2] * n)
-            direct, _ = asyncio.run(loadgen.replay(direct_url, w, model="m"))
+            if run % 2 == 0:
+                direct, _ = asyncio.run(loadgen.replay(direct_url, w, model="m"))
             s0, c0 = _decision_mean_us(router_url)
             cpu0 = _cpu_s(procs[1].pid)
             routed, dur = asyncio.run(loadgen.replay(router_url, w, model="m"))
             cpu1 = _cpu_s(procs[1].pid)
             s1, c1 = _decision_mean_us(router_url)
+            if run % 2 == 1:
+                direct, _ = asyncio.run(loadgen.replay(direct_url, w, model="m"))
             d = np.array([r.latency_s for r in direct if r.success]) * 1e3
             r = np.array([x.latency_s for x in routed if x.success]) * 1e3
-            row = {"rate": rate, "n": n, "achieved_rate": n / dur,
+            row = {"run": run, "rate": rate, "n": n, "achieved_rate": n / dur,
                    "failed_direct": n - len(d), "failed_routed": n - len(r),
                    "direct_p50_ms": float(np.percentile(d, 50)),
                    "direct_p99_ms": float(np.percentile(d, 99)),
@@ -202,6 +211,17 @@ def bench_rates(rates: list[float], seconds: float, emu_port: int, router_port: 
                   f"{row['added_p50_ms']:+.2f} p99 {row['added_p99_ms']:+.2f} ms | router CPU "
                   f"{row['cpu_s_per_1k']:.2f} s/1k req | decision mean "
                   f"{row['decision_mean_us']:.1f} us", flush=True)
+        if runs > 1:
+            for rate in rates:
+                rs = [r for r in rows if r["rate"] == rate]
+                parts = []
+                for key, unit, fmt in (("added_p50_ms", "ms", "+.2f"),
+                                       ("added_p99_ms", "ms", "+.2f"),
+                                       ("cpu_s_per_1k", "s/1k req", ".2f")):
+                    v = [r[key] for r in rs]
+                    parts.append(f"{key} median {np.median(v):{fmt}} [{min(v):{fmt}}, "
+                                 f"{max(v):{fmt}}] {unit}")
+                print(f"{rate:5.0f} req/s, {runs} runs: " + " | ".join(parts), flush=True)
     finally:
         for p in procs:
             p.terminate()
@@ -221,6 +241,9 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="*", default=[50.0, 200.0, 500.0],
                    help="open-loop arrival rates, req/s (none: skip)")
     p.add_argument("--seconds", type=float, default=6.0, help="per rate and target")
+    p.add_argument("--rate-runs", type=int, default=1,
+                   help="repeat the rates (alternating which side goes first); prints the "
+                        "median and range of the differences")
     p.add_argument("--heuristic", default="join_shortest_queue", help="router at the rates")
     p.add_argument("--json", default="", help="write the rate table here")
     a = p.parse_args()
@@ -228,7 +251,7 @@ def main() -> None:
     bench_added_latency(a.requests, a.emulator_port, a.router_port)
     if a.rates:
         rows = bench_rates(a.rates, a.seconds, a.emulator_port, a.router_port,
-                           ["--heuristic", a.heuristic])
+                           ["--heuristic", a.heuristic], a.rate_runs)
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=2))
 
