@@ -29,7 +29,7 @@ and 0.4 ms out), and emission (about 0.5 to 0.8 ms: the event loop's wake-up aft
 planned iteration end plus writing the batch's chunks, in batch order, before the newly
 admitted request's first token); the load generator sends about 1 ms after the schedule on
 average (not part of its TTFT, it only shifts arrivals); the engine's iterations end at
-their planned times (absolute targets), but a loop stall longer than 5 ms is not paid back,
+their planned times (absolute targets), but a loop stall longer than 25 ms is not paid back,
 so on a busy machine a few iterations start late (counted as stalls); the emulator reserves KV
 for prompt + max_tokens at admission (never binding at this load), has no prefix caching
 (turned off in the simulated instances as well); the live router's load-aware heuristics see

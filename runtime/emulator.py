@@ -60,8 +60,11 @@ logger = logging.getLogger(__name__)
 REMOTE_KEYS = ("remote_block_ids", "remote_engine_id", "remote_request_id", "remote_host",
                "remote_port")
 """Keys a decode leg needs to pull remote KV (else vLLM prefills locally)."""
-REQUEST_LOG_SIZE = 100_000
-"""Finished requests whose timestamps ``/emulator/requests`` keeps."""
+REQUEST_LOG_SIZE = 20_000
+"""Finished requests whose timestamps ``/emulator/requests`` keeps (a few MB)."""
+REQUEST_LOG_FIELDS = ("rid", "prompt_tokens", "output_tokens", "recv_s", "arrival_s",
+                      "first_scheduled_s", "first_token_s", "first_sent_s", "finish_s",
+                      "last_sent_s")
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
@@ -125,7 +128,7 @@ class Emulator:
                                    args.legacy_metric_names)
         self.faults: dict = {"status": args.fault_status, "null_kv_params": False,
                              "drop_after_tokens": 0}
-        self.request_log: deque[dict] = deque(maxlen=REQUEST_LOG_SIZE)
+        self.request_log: deque[tuple] = deque(maxlen=REQUEST_LOG_SIZE)
         """Timestamps of finished requests (``GET /emulator/requests``)."""
         self.last_remote_prefill: dict | None = None
         """The ``kv_transfer_params`` of the last decode leg received (tests)."""
@@ -207,7 +210,7 @@ class Emulator:
 
     async def requests(self, request: web.Request) -> web.Response:
         """Timestamps of the last finished requests (``?clear=1`` empties the log)."""
-        out = list(self.request_log)
+        out = [dict(zip(REQUEST_LOG_FIELDS, r, strict=True)) for r in self.request_log]
         if request.query.get("clear") in ("1", "true"):
             self.request_log.clear()
         return web.json_response(out)
@@ -318,12 +321,10 @@ class Emulator:
             m.ttft.labels(**lab).observe(seq.first_token_s - seq.arrival_s)
         if seq.first_scheduled_s >= 0:
             m.queue.labels(**lab).observe(seq.first_scheduled_s - seq.arrival_s)
-        self.request_log.append({
-            "rid": seq.rid, "prompt_tokens": seq.num_prompt_tokens,
-            "output_tokens": seq.num_output_tokens, "recv_s": seq.recv_s,
-            "arrival_s": seq.arrival_s, "first_scheduled_s": seq.first_scheduled_s,
-            "first_token_s": seq.first_token_s, "first_sent_s": seq.first_sent_s,
-            "finish_s": seq.finish_s, "last_sent_s": seq.last_sent_s})
+        self.request_log.append((
+            seq.rid, seq.num_prompt_tokens, seq.num_output_tokens, seq.recv_s, seq.arrival_s,
+            seq.first_scheduled_s, seq.first_token_s, seq.first_sent_s, seq.finish_s,
+            seq.last_sent_s))
 
     def _observe_token(self, val: int, now_s: float, last_s: float) -> None:
         """Inter-token latency of output token ``val`` (from the 2nd on), every request."""
