@@ -19,7 +19,6 @@ Legs (protocol notes 1.3, 1.5, 7):
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -217,20 +216,6 @@ class Stream:
         async for batch in self.batches():
             for event in batch:
                 yield event
-
-    async def drain(self, timeout_s: float = 0.1) -> None:
-        """After ``[DONE]``: read the rest of the body (the chunked terminator, usually in the
-        same read) so the connection goes back to the pool instead of being closed; gives up
-        after ``timeout_s``."""
-        content = self.resp.content
-        if content.at_eof():
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                while not content.at_eof() and await content.readany():
-                    pass
-        except (TimeoutError, aiohttp.ClientError):
-            pass
 
     def close(self) -> None:
         """Drop the connection (the backend aborts the request)."""

@@ -529,7 +529,6 @@ class Router:
             if payload is None:  # [DONE], always last: the generator ends after it (an
                 # abandoned async generator costs a finalizer task and a loop wake-up)
                 await ctx.sink.finish(b"".join(out), token=token)
-                await s.drain()
             elif out:
                 await ctx.sink.write(b"".join(out), token=token)
 
@@ -602,7 +601,6 @@ class Router:
             await ctx.sink.write(oa.sse(oa.completion_chunk(
                 rid, model, text if (text or not chat) else None, finish, chat=chat)))
         await ctx.sink.finish(oa.DONE)
-        await s.drain()
 
 
 class _Handover:
