@@ -135,6 +135,8 @@ class Simulator:
         """Per-role answers cached by the views (roles and KV totals never change)."""
         self._block_size = insts[0].kv.block_size
         self._dirty: set[int] = set()
+        self._idle_check = False
+        """Whether an event ran since the event heap last emptied (hand-over cycle check)."""
         self._roles_t = self._roles  # builds the role/KV caches once (static)
         self.now_s = 0.0
         self._cursor = 0
@@ -209,6 +211,17 @@ class Simulator:
             if dirty and t_next > self.now_s:
                 self._schedule_dirty()
                 continue
+            if not heap and self._idle_check:
+                # Nothing in flight anywhere: no block will be freed before the next arrival.
+                # An idle instance holding KV for another Follow while it cannot pull its own
+                # hand-ins is then stuck for good (a hand-over cycle): start it, so it keeps
+                # one of its shares (_cancel_stuck_handover). Checked once per idle spell.
+                self._idle_check = False
+                stuck = [inst.index for inst in self.instances
+                         if not inst.busy and inst.pending_kv and inst.awaiting_out]
+                if stuck:
+                    dirty.update(stuck)
+                    continue
             if t_next == INF or t_next > limit:
                 self._finish(limit)
                 return None
@@ -216,6 +229,7 @@ class Simulator:
                 t, kind, _, a, b = heappop(heap)
                 self.now_s = t
                 self.num_events += 1
+                self._idle_check = True
                 if kind == ITERATION_END:
                     if b == ops[a].version:  # else a cut run re-pushed its end
                         self._on_iteration_end(a, b)
@@ -376,6 +390,7 @@ class Simulator:
         t, kind, _, a, b = heapq.heappop(self._heap)
         self.now_s = t
         self.num_events += 1
+        self._idle_check = True
         if kind == ITERATION_END:
             self._on_iteration_end(a, b)
         else:
