@@ -23,11 +23,13 @@ rest (hops and emission) is what HTTP, SSE and the router add. ``--rates 4 6 8 -
 2`` sweeps and prints one summary line per run; ``--json PATH`` writes the numbers.
 
 Known systematic differences (live minus sim): the HTTP + SSE + router hop on every request
-(on 2 shared cores at 6 req/s about 1.5 to 2.5 ms in and 1 to 1.5 ms out, of which the
-router is about 2.5 ms both ways together: a direct client -> emulator hop is about 1 ms in
-and 0.4 ms out), and emission (about 0.5 to 0.8 ms: the event loop's wake-up after the
-planned iteration end plus writing the batch's chunks, in batch order, before the newly
-admitted request's first token); the load generator sends about 1 ms after the schedule on
+(on 2 shared cores at 4 to 8 req/s about 1.3 to 2.3 ms in and 0.7 to 1.4 ms out, more when
+the machine is busy; the router's share is about 1.6 to 2.2 ms of it, as a direct client ->
+emulator hop is about 0.9 ms in and 0.3 ms out), and emission (about 0.6 to 1 ms: the event
+loop's wake-up after the planned iteration end, about 0.2 ms, plus writing the chunks of the
+requests ahead in the batch, in vLLM's order, before the newly admitted request's first
+token); together about 3 to 5 ms of TTFT, which the simulator does not model (its TTFT is the
+engine's). The load generator sends about 1 ms after the schedule on
 average (not part of its TTFT, it only shifts arrivals); the engine's iterations end at
 their planned times (absolute targets), but a loop stall longer than 25 ms is not paid back,
 so on a busy machine a few iterations start late (counted as stalls); the emulator reserves KV
