@@ -203,6 +203,7 @@ class Simulator:
         limit = self.cfg.time_limit_s or INF
         dirty = self._dirty
         ops = self._ops
+        insts = self.instances
         heappop = heapq.heappop
         while True:
             t_heap = heap[0][0] if heap else INF
@@ -231,8 +232,27 @@ class Simulator:
                 self.num_events += 1
                 self._idle_check = True
                 if kind == ITERATION_END:
-                    if b == ops[a].version:  # else a cut run re-pushed its end
-                        self._on_iteration_end(a, b)
+                    op = ops[a]
+                    if b == op.version:  # else a cut run re-pushed its end
+                        # _on_iteration_end, inlined (the hottest path)
+                        inst = insts[a]
+                        inst.busy = False
+                        plan = op.plan
+                        if plan is not None:
+                            stopped = inst.complete(plan)
+                            for r in plan.reqs:
+                                if r.num_output_tokens == 1 and r.first_token_s < 0:
+                                    r.first_token_s = t
+                            self.num_iterations += 1
+                            op.plan = None
+                        else:
+                            k = op.k_done
+                            stopped = inst.finish_decode_run(k)
+                            self.num_iterations += k
+                            op.line = None
+                        for r in stopped:
+                            self._on_stop(inst, r, t)
+                        dirty.add(a)
                 else:
                     self._on_transfer_end(a, b)
                 if self._check:
