@@ -57,25 +57,32 @@ def records(requests: Sequence[Request]) -> pd.DataFrame:
     ``tpot_s``, ``e2e_s``; NaN where a request never got there.
     """
     n = len(requests)
-    df = pd.DataFrame({name: np.fromiter(map(get, requests), dtype, count=n)
-                       for name, get, dtype in zip(RECORD_COLUMNS, _RECORD_GETTERS,
-                                                   _RECORD_DTYPES, strict=True)})
+    cols = {name: np.fromiter(map(get, requests), dtype, count=n)
+            for name, get, dtype in zip(RECORD_COLUMNS, _RECORD_GETTERS, _RECORD_DTYPES,
+                                        strict=True)}
+    nan = np.nan
     for c in ("first_scheduled_s", "first_token_s", "lead_done_s", "transfer_start_s",
               "transfer_end_s"):
-        df[c] = df[c].where(df[c] >= 0)
-    done = df.status == int(RequestStatus.COMPLETED)
-    status = df.status.to_numpy()
-    df["outcome"] = _STATUS_NAMES[status]
-    df["reason_text"] = _REASON_TEXTS[df.reason.to_numpy()]
-    df["queue_s"] = df.first_scheduled_s - df.arrival_s
-    df["prefill_s"] = df.first_token_s - df.first_scheduled_s
-    df["transfer_s"] = (df.transfer_end_s - df.lead_done_s).fillna(0.0).where(done)
-    df["ttft_s"] = (df.first_token_s - df.arrival_s).where(done)
-    denom = (df.output_tokens - 1).clip(lower=1)
-    df["tpot_s"] = ((df.finish_s - df.first_token_s) / denom).where(done)
-    df.loc[done & (df.output_tokens <= 1), "tpot_s"] = 0.0
-    df["e2e_s"] = (df.finish_s - df.arrival_s).where(done)
-    df["decode_s"] = (df.finish_s - df.first_token_s - df.transfer_s).where(done)
+        x = cols[c]
+        cols[c] = np.where(x >= 0, x, nan)
+    done = cols["status"] == int(RequestStatus.COMPLETED)
+    arrival, scheduled = cols["arrival_s"], cols["first_scheduled_s"]
+    first, finish, out = cols["first_token_s"], cols["finish_s"], cols["output_tokens"]
+    cols["outcome"] = _STATUS_NAMES[cols["status"]]
+    cols["reason_text"] = _REASON_TEXTS[cols["reason"]]
+    cols["queue_s"] = scheduled - arrival
+    cols["prefill_s"] = first - scheduled
+    transfer = cols["transfer_end_s"] - cols["lead_done_s"]
+    transfer[np.isnan(transfer)] = 0.0
+    transfer = np.where(done, transfer, nan)
+    cols["transfer_s"] = transfer
+    cols["ttft_s"] = np.where(done, first - arrival, nan)
+    tpot = np.where(done, (finish - first) / np.maximum(out - 1, 1), nan)
+    tpot[done & (out <= 1)] = 0.0
+    cols["tpot_s"] = tpot
+    cols["e2e_s"] = np.where(done, finish - arrival, nan)
+    cols["decode_s"] = np.where(done, finish - first - transfer, nan)
+    df = pd.DataFrame(cols)
     return df
 
 
