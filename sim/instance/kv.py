@@ -59,6 +59,7 @@ class KVCache:
         "version",
         "_stamp",
         "_own_memo",
+        "_keep_memo",
     )
 
     def __init__(
@@ -95,6 +96,8 @@ class KVCache:
         along the order, so every entry evicted so far has a stamp below the first one's)."""
         self._stamp = 0
         """Stamp of the next insertion into ``_lru``."""
+        self._keep_memo: tuple | None = None
+        """``(keys, frozenset(keys))`` of the last ``evictable_before`` keep argument."""
         self._own_memo: tuple | None = None
         """``(rid, first, limit, negated prefix-minimum stamps)`` of the last own-block match."""
         self.num_hit_tokens = 0
@@ -172,7 +175,10 @@ class KVCache:
         if bph == 1:  # one block per entry: count the LRU prefix before a kept key (C loops)
             head = list(islice(self._lru, max(want, 1)))
             if keep:
-                hit = list(map(frozenset(keep).__contains__, head))
+                memo = self._keep_memo
+                if memo is None or memo[0] is not keep:
+                    memo = self._keep_memo = (keep, frozenset(keep))
+                hit = list(map(memo[1].__contains__, head))
                 if True in hit:
                     return hit.index(True)
             return len(head)
