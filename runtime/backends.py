@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -60,11 +61,23 @@ _SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)[ \t]*(\{(?:[^"}]|"(?:[^"\\]|\\
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"')
 
 
+def _finite(text: str) -> float | None:
+    """A label value as a finite float, None for NaN/Inf/unparsable (e.g. ``"None"``)."""
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def parse_metrics(text: str) -> Scrape:
     """Read the gauges a router needs from Prometheus text (older names as fallback).
 
     Only the sample lines of those gauges are parsed (a vLLM page is mostly histogram lines
     the router does not read; a full parse would hold the event loop for milliseconds).
+
+    Non-finite values (``NaN``, ``+Inf``) count as absent: the older metric name, else 0, is
+    used (a NaN would break the view's arithmetic, an Inf the int conversion).
 
     Raises:
         ValueError: a line of one of those gauges is malformed.
@@ -83,9 +96,14 @@ def parse_metrics(text: str) -> Scrape:
         if name == CACHE_INFO:
             for key, v in _LABEL.findall(labels or ""):
                 if key == "num_gpu_blocks":
-                    blocks += int(float(v or 0))
+                    n = _finite(v)  # "None" before the engine sized its cache: absent
+                    if n is not None and n > 0:
+                        blocks += int(n)
             continue
-        samples.setdefault(name, []).append(float(value))
+        x = float(value)
+        if not math.isfinite(x):  # NaN/Inf: absent (the older name or 0 is used instead)
+            continue
+        samples.setdefault(name, []).append(x)
     values = {name: (sum(v) if name not in KV_USAGE else sum(v) / len(v))
               for name, v in samples.items()}
 
@@ -184,6 +202,10 @@ async def scrape_forever(session: aiohttp.ClientSession, backends: list[Backend]
                          interval_s: float, headers: dict, kv_from_metrics: bool) -> None:
     """Scrape every backend every ``interval_s`` seconds, concurrently."""
     while True:
-        await asyncio.gather(*(scrape_once(session, b, headers, kv_from_metrics)
-                               for b in backends))
+        results = await asyncio.gather(*(scrape_once(session, b, headers, kv_from_metrics)
+                                         for b in backends), return_exceptions=True)
+        for b, r in zip(backends, results):
+            if isinstance(r, Exception):  # never let one odd page end scraping for good
+                logger.error("backend %d (%s) scrape raised %r", b.index, b.url, r)
+                b.scrape_ok = False
         await asyncio.sleep(interval_s)

@@ -86,3 +86,44 @@ def test_count_only_parsing_counts_what_the_tokenizer_would(body, chat):
     assert counted.num_prompt_tokens == full.num_prompt_tokens == len(full.prompt_token_ids)
     with pytest.raises(oa.BadRequest):
         oa.parse_generation({"prompt": "   "}, False, count_only=True)
+
+
+def test_metrics_scan_treats_non_finite_values_as_absent():
+    # NaN from one name falls back to the older name; +Inf/NaN gauges count as absent, not as
+    # a crash (an Inf running count raised OverflowError, which ended the scrape loop)
+    s = parse_metrics('vllm:kv_cache_usage_perc{engine="0",model_name="m"} NaN\n'
+                      'vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 3e-01\n'
+                      'vllm:num_requests_running{engine="0"} +Inf\n'
+                      'vllm:num_requests_running{engine="1"} 1e+01\n'
+                      'vllm:num_requests_waiting{engine="0"} NaN\n'
+                      'vllm:cache_config_info{num_gpu_blocks="None",block_size="16"} 1.0\n')
+    assert (s.num_running, s.num_waiting, s.kv_used_frac, s.num_gpu_blocks) == (10, 0, 0.3, 0)
+    assert parse_metrics("vllm:kv_cache_usage_perc NaN\n").kv_used_frac == 0.0
+    with pytest.raises(ValueError):
+        parse_metrics("vllm:num_requests_running{engine=\"0\"} three\n")
+
+
+def test_a_scrape_that_raises_does_not_end_the_scrape_loop(monkeypatch):
+    from runtime import backends as bk
+
+    calls = []
+
+    async def flaky(session, b, headers, kv_from_metrics):
+        calls.append(b.index)
+        if len(calls) == 1:
+            raise OverflowError("odd page")
+        b.scrape_ok = True
+
+    monkeypatch.setattr(bk, "scrape_once", flaky)
+    b = bk.Backend(0, "http://127.0.0.1:1", "unified", 16)
+
+    async def run():
+        task = asyncio.create_task(bk.scrape_forever(None, [b], 0.001, {}, False))
+        for _ in range(1000):
+            await asyncio.sleep(0.001)
+            if len(calls) >= 3:
+                break
+        assert not task.done(), task.exception()
+        task.cancel()
+    asyncio.run(run())
+    assert len(calls) >= 3 and b.scrape_ok
