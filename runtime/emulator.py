@@ -460,8 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("emulating %s on %s (%s): %d KV blocks, %d seqs, %d tokens/iteration",
                 emu.model.name, args.gpu, args.role, emu.engine.num_blocks,
                 emu.engine.max_num_seqs, emu.engine.max_num_batched_tokens)
+    # a client that goes away cancels its handler, which aborts the request (frees its KV
+    # blocks and its slot) at once, as vLLM does; without this a non-streaming request, or a
+    # streaming one before its first token, ran to its end for nobody
     web.run_app(emu.app(), host=args.host, port=args.port, access_log=None,
-                print=lambda *a: None)
+                handler_cancellation=True, print=lambda *a: None)
 
 
 if __name__ == "__main__":

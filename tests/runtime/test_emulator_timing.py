@@ -43,3 +43,38 @@ def test_request_log_covers_both_apis_and_clears(procs):
     assert set(log) == {"plain", "chat"}
     assert log["plain"]["output_tokens"] == 3 and log["plain"]["first_sent_s"] > 0
     assert request_log(emu.url) == []
+
+
+def _state(url: str) -> dict:
+    with urllib.request.urlopen(url + "/emulator/state") as r:
+        return json.loads(r.read())
+
+
+def _wait_state(url: str, pred, timeout_s: float = 10.0) -> dict:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        s = _state(url)
+        if pred(s) or time.monotonic() > deadline:
+            return s
+        time.sleep(0.02)
+
+
+def test_client_that_goes_away_frees_its_kv_and_slot_at_once(procs):
+    """As vLLM: a disconnected client aborts its request (non-streaming, or streaming before
+    its first token), not when its generation would have ended."""
+    import socket
+
+    # 20x slower: the 4000-token prefill alone takes seconds, the 2000 tokens minutes
+    emu = procs.emulator("unified", "--slowdown", "20")
+    for streamed in (False, True):
+        body = json.dumps({"model": "m", "prompt": "w " * 4000, "max_tokens": 2000,
+                           "stream": streamed}).encode()
+        s = socket.create_connection(("127.0.0.1", emu.port))
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        st = _wait_state(emu.url, lambda st: st["num_running"] == 1)
+        assert st["num_running"] == 1 and st["kv_used_blocks"] > 0, st
+        s.close()
+        st = _wait_state(emu.url, lambda st: st["num_running"] == 0)
+        assert (st["num_running"], st["num_waiting"], st["kv_used_blocks"]) == (0, 0, 0), st
