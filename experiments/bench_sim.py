@@ -6,7 +6,10 @@
    instance (TP1) on A100-80GB, 10,000 ShareGPT-like requests (the shipped length fixture, or
    DistServe's own ``sharegpt_lengths.csv`` with ``--sharegpt PATH``), Poisson arrivals at 3,
    4.5 and 6 req/s, DistServe's router; wall time includes building the per-request records
-   and the summary. The issue's reference: DistServe's SimPy simulator takes 27-42 s on this
+   and the summary. Rows longer than OPT-13B's 2,048-token context are left out first (DistServe's
+   table already is; the fixture follows the 8k-filtered ShareGPT statistics, mean prompt
+   ~2,300 tokens, so its remaining rows are heavier than DistServe's mean of ~770: quote
+   DistServe's own table when comparing with its simulator). The issue's reference: DistServe's SimPy simulator takes 27-42 s on this
    machine kind for the same experiment (its code is not runnable here, so that figure is
    quoted, not re-measured).
 2. Scaling: 64 unified Llama-3.1-8B instances (8 nodes x 8 A100) behind join-shortest-queue
@@ -65,9 +68,29 @@ def timed_run(model, gpu, cluster, workload, router_name: str) -> dict:
             "rejected": summary["num_rejected"], "attainment": summary["slo_attainment"]}
 
 
+def fit_context(table: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Rows of ``table`` whose prompt + output fit ``max_tokens`` (DistServe's dataset filter).
+
+    DistServe's ``sharegpt_lengths.csv`` is already filtered to OPT's 2,048-token context; the
+    shipped fixture is not, and without this about half its requests would be rejected at
+    arrival, which makes the experiment cheaper than DistServe's and the timing flattering.
+    """
+    keep = table.sum(axis=1) <= max_tokens
+    if not keep.any():
+        raise ValueError(f"no row of the length table fits the model's {max_tokens}-token "
+                         "context; pass --sharegpt with a table of shorter requests")
+    return table[keep]
+
+
 def distserve_reference(table: np.ndarray, repeats: int, num_requests: int = 10_000) -> None:
     """Part 1: DistServe's OPT-13B 2P1D experiment."""
     model, gpu = get_model("OPT-13B"), get_gpu("A100-80GB-SXM")
+    fitted = fit_context(table, model.max_position_embeddings)
+    if len(fitted) < len(table):
+        print(f"length table: {len(table) - len(fitted):,} of {len(table):,} rows exceed "
+              f"OPT-13B's {model.max_position_embeddings}-token context and are left out "
+              "(as in DistServe's dataset)")
+    table = fitted
     cluster = ClusterConfig(instances=[InstanceConfig(role="prefill", tensor_parallel_size=2),
                                        InstanceConfig(role="decode")])
     print(f"DistServe reference: OPT-13B, prefill TP2 + decode TP1, {num_requests:,} requests")
@@ -80,6 +103,9 @@ def distserve_reference(table: np.ndarray, repeats: int, num_requests: int = 10_
         print(f"{rate:6.1f} {best['wall_s']:8.3f} {best['cpu_s']:7.3f} "
               f"{best['events'] / best['sim_s']:10.0f} {num_requests / best['wall_s']:9.0f} "
               f"{best['completed']:9d} {27.0 / best['wall_s']:7.0f}x")
+        if best["completed"] < num_requests:
+            print(f"{'':6} note: {num_requests - best['completed']:,} requests not completed "
+                  f"({best['rejected']:,} rejected)")
 
 
 def scaling(table: np.ndarray, sizes: list[int]) -> None:
