@@ -6,12 +6,12 @@
    instance (TP1) on A100-80GB, 10,000 ShareGPT-like requests (the shipped length fixture, or
    DistServe's own ``sharegpt_lengths.csv`` with ``--sharegpt PATH``), Poisson arrivals at 3,
    4.5 and 6 req/s, DistServe's router; wall time includes building the per-request records
-   and the summary. Rows longer than OPT-13B's 2,048-token context are left out first (DistServe's
-   table already is; the fixture follows the 8k-filtered ShareGPT statistics, mean prompt
-   ~2,300 tokens, so its remaining rows are heavier than DistServe's mean of ~770: quote
-   DistServe's own table when comparing with its simulator). The issue's reference: DistServe's SimPy simulator takes 27-42 s on this
-   machine kind for the same experiment (its code is not runnable here, so that figure is
-   quoted, not re-measured).
+   and the summary. Rows longer than OPT-13B's 2,048-token context are left out first
+   (DistServe's table already is; the fixture follows the 8k-filtered ShareGPT statistics,
+   mean prompt ~2,300 tokens, so its remaining rows are heavier than DistServe's mean of
+   ~770: quote DistServe's own table when comparing with its simulator). The issue's
+   reference: DistServe's SimPy simulator takes 27-42 s on this machine kind for the same
+   experiment (its code is not runnable here, so that figure is quoted, not re-measured).
 2. Scaling: 64 unified Llama-3.1-8B instances (8 nodes x 8 A100) behind join-shortest-queue
    at a load that keeps them busy, 10k / 100k / 1M requests (``--quick`` stops at 100k), with
    peak resident memory.
