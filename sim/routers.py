@@ -112,7 +112,7 @@ class VllmDataParallel(Router):
         self._start += 1
         idx = idx[k:] + idx[:k]
         w, r = view.values("num_waiting"), view.values("num_running")
-        loads = [4 * a + b for a, b in zip(w, r)]
+        loads = [4 * a + b for a, b in zip(w, r, strict=True)]
         i = min(idx, key=loads.__getitem__)  # first of equal loads in rotated order
         return Decision(i, i, COLOCATE)
 
@@ -127,7 +127,7 @@ class LeastOutstandingTokens(Router):
         idx = _eligible(view, req, ("unified",))
         q, used, bs = view.values("queued_prefill_tokens"), view.values("kv_used_blocks"), \
             view.block_size
-        i = _argmin_of(idx, [a + b * bs for a, b in zip(q, used)])
+        i = _argmin_of(idx, [a + b * bs for a, b in zip(q, used, strict=True)])
         return Decision(i, i, COLOCATE)
 
 

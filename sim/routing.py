@@ -114,6 +114,10 @@ class ClusterView:
         """Build a view without checking the field names (the simulator's hot path).
 
         Args:
+            now_s: decision time, seconds.
+            role: per-instance roles, ``(n_instances,)``.
+            block_size: tokens per KV block.
+            role_index: instance indices per role (None: computed on demand).
             values: exactly the names of :data:`VIEW_FIELDS` (arrays or callables); a new
                 dict per view (lazy fields are cached in it).
             static: a dict kept by the caller across views of one cluster whose roles and
