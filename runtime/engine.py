@@ -39,6 +39,10 @@ at that arrival, if the loop gets there within this (host jitter is not the emul
 time; a longer stall is lost, not paid back by a burst of zero-length iterations)."""
 
 
+USE_TIMERFD = sys.platform.startswith("linux")
+"""Whether :class:`WakeTimer` may use a ``timerfd`` (else ``asyncio.sleep``)."""
+
+
 class WakeTimer:
     """Wake-ups at absolute times of the event loop's clock, to tens of microseconds.
 
@@ -57,9 +61,10 @@ class WakeTimer:
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if not sys.platform.startswith("linux") or \
+        if not USE_TIMERFD or \
                 time.get_clock_info("monotonic").implementation != "clock_gettime(CLOCK_MONOTONIC)":
             return
+        fd = -1
         try:
             import ctypes
 
@@ -85,6 +90,8 @@ class WakeTimer:
 
             loop.add_reader(fd, self._on_expiry)
         except (OSError, AttributeError, NotImplementedError):
+            if fd >= 0:  # created, but this loop cannot watch it: do not leak it
+                os.close(fd)
             return
         self._fd, self._settime = fd, settime
 
@@ -104,10 +111,12 @@ class WakeTimer:
             self._open(loop)
         if self._settime is None or t_s <= loop.time() or not self._settime(t_s):
             await asyncio.sleep(max(t_s - loop.time(), 0.0))
+            while loop.time() < t_s:  # asyncio may fire a timer a clock tick early
+                await asyncio.sleep(t_s - loop.time())
             return
         self._fut = loop.create_future()
         await self._fut
-        if loop.time() < t_s:  # float rounding of the expiry: never return early
+        while loop.time() < t_s:  # float rounding of the expiry: never return early
             await asyncio.sleep(t_s - loop.time())
 
     def close(self) -> None:

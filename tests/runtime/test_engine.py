@@ -130,3 +130,78 @@ def test_wake_timer_never_returns_early_and_survives_a_new_loop():
     timer = asyncio.run(main())
     asyncio.run(timer.sleep_until(0.0))  # another loop: the timer re-arms on it
     timer.close()
+
+
+def _open_fds() -> int:
+    import os
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_without_timerfd_the_engine_falls_back_to_asyncio_sleep(monkeypatch):
+    """What runs off Linux: no timerfd, same answers, never an early wake-up."""
+    from runtime import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "USE_TIMERFD", False)
+
+    async def sleeps():
+        loop = asyncio.get_running_loop()
+        timer = WakeTimer()
+        for d in (0.003, 0.0, 0.0105, -1.0, 0.001):
+            t = loop.time() + d
+            await timer.sleep_until(t)
+            assert loop.time() >= t
+        assert timer._fd == -1 and timer._settime is None
+        timer.close()
+
+    asyncio.run(sleeps())
+
+    async def body(eng):
+        loop = asyncio.get_running_loop()
+        s = Seq("a", 300, 5, loop.time())
+        eng.submit(s)
+        events = await _drain(s)
+        assert eng._timer._fd == -1
+        return s, events
+    s, events = run(body)
+    assert [e[1] for e in events] == [1, 2, 3, 4, 5, "length"]
+    assert s.first_scheduled_s < s.first_token_s < s.finish_s
+
+
+def test_wake_timer_closes_its_fd_when_the_loop_cannot_watch_it(monkeypatch):
+    """A loop without add_reader (Windows' proactor) gets the fallback, and no fd leaks."""
+    def no_reader(self, fd, cb, *args):
+        raise NotImplementedError
+
+    monkeypatch.setattr(asyncio.SelectorEventLoop, "add_reader", no_reader)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        timer = WakeTimer()
+        before = _open_fds()
+        for _ in range(20):
+            timer._loop = None  # as if on a new loop: the next sleep opens again
+            t = loop.time() + 0.001
+            await timer.sleep_until(t)
+            assert loop.time() >= t
+        assert timer._fd == -1
+        return before, _open_fds()
+
+    before, after = asyncio.run(main())
+    assert after == before
+
+
+def test_wake_timer_fd_is_released_by_the_engine_and_across_loops():
+    before = _open_fds()
+    timer = WakeTimer()
+    for _ in range(5):  # a new loop each time: the old loop's fd is closed, a new one opened
+        asyncio.run(timer.sleep_until(0.0))
+    timer.close()
+
+    async def body(eng):
+        loop = asyncio.get_running_loop()
+        s = Seq("a", 20, 2, loop.time())
+        eng.submit(s)
+        await _drain(s)
+    for _ in range(3):
+        run(body)
+    assert _open_fds() == before
