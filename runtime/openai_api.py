@@ -93,7 +93,10 @@ def render_chat(messages: list) -> str:
             raise BadRequest(f"messages[{i}]", "each message needs a string 'role'")
         content = m.get("content")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts = [p.get("text") or "" for p in content if isinstance(p, dict)]
+            if not all(isinstance(t, str) for t in texts):
+                raise BadRequest(f"messages[{i}].content", "a part's 'text' must be a string")
+            content = " ".join(texts)
         elif content is None:
             content = ""
         elif not isinstance(content, str):
@@ -188,6 +191,7 @@ def parse_generation(body, chat: bool, count_only: bool = False) -> GenRequest:
         max_tokens = _int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1)
     if not ids:
         raise BadRequest("messages" if chat else "prompt", "is empty (no tokens)")
+    _int_field(body, "min_tokens", 0, 0)  # a leg rewrites it: an integer, or a 400 here
     if _int_field(body, "n", 1, 1) != 1:
         raise BadRequest("n", "only n = 1 is supported")
     if not isinstance(body.get("stream_options") or {}, dict):

@@ -287,6 +287,13 @@ class Router:
         except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
             self.metrics.requests.labels("bad_request", "-").inc()
             return _error(400, "body: not valid UTF-8 JSON", param="body")
+        except RecursionError:  # JSON nested deeper than the parser's stack
+            self.metrics.requests.labels("bad_request", "-").inc()
+            return _error(400, "body: JSON nested too deeply", param="body")
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.requests.labels("bad_request", "-").inc()
+            return _error(413, f"body: larger than {request.client_max_size} bytes",
+                          "RequestEntityTooLarge", param="body")
         except asyncio.CancelledError:  # gone while sending the body
             self.metrics.requests.labels("client_disconnected", "-").inc()
             raise

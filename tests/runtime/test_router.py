@@ -230,3 +230,30 @@ def test_transfers_out_drops_at_the_follows_first_token(procs, tmp_path):
         t.join(timeout=30)
     assert not t.is_alive() and events[-1].strip() == b"data: [DONE]"
     assert gauges() == (0, 0) and outcome_count(router.url, "ok", "disaggregated") == 1
+
+
+def test_every_malformed_body_is_a_counted_400_naming_the_field(module_procs, urls):
+    """Bodies that used to raise past the parser (a 500, no outcome counted) or to fail a leg."""
+    router = module_procs.router(urls)
+    deep = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # RecursionError
+    cases = [("/v1/completions", deep, 400, "body"),
+             ("/v1/chat/completions", json.dumps({"model": "m", "messages": [
+                 {"role": "user", "content": [{"type": "text", "text": 5}]}]}).encode(), 400,
+              "messages[0].content"),
+             ("/v1/completions", json.dumps({**BODY, "min_tokens": "x"}).encode(), 400,
+              "min_tokens"),
+             ("/v1/completions", b" " * (64 * 2**20 + 1), 413, "body")]
+    for path, data, code, param in cases:
+        req = urllib.request.Request(router.url + path, data=data, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=30)
+        except OSError:  # the router may answer 413 and close before the upload ends
+            assert code == 413
+            continue
+        assert e.value.code == code
+        assert json.loads(e.value.read())["error"]["param"] == param
+    assert outcome_count(router.url, "bad_request") == len(cases)
+    assert sum(v for k, v in router_metrics(router.url).items()
+               if k.startswith("baton_router_requests_total")) == len(cases)
