@@ -168,12 +168,14 @@ class Stream:
         """SSE events as they arrive: each batch is every complete event of one network read
         (a relay writes a batch at once); payload None for ``[DONE]`` (always last).
 
-        Lines are ``data: <json>`` (a JSON value split over several ``data:`` lines is
-        joined); blank lines, comments and other fields are skipped.
+        Lines are ``data: <json>`` (a JSON value split over several ``data:`` lines of one
+        event is joined); blank lines, comments and other fields are skipped.
 
         Raises:
             LegError: ``stream_dropped`` when the stream ends without ``[DONE]`` or the
-                connection breaks, ``timeout`` when the backend goes silent.
+                connection breaks, ``timeout`` when the backend goes silent,
+                ``bad_response`` for an event whose data is not JSON (e.g. a plain-text
+                error; it used to be glued to the following events, which were then lost).
         """
         content = self.resp.content
         rest = b""   # an incomplete last line
@@ -188,6 +190,9 @@ class Stream:
                 batch = []
                 for line in lines:
                     if not line.startswith(b"data:"):
+                        if buf and not line.strip():  # the event ended, still not JSON:
+                            raise LegError("bad_response",  # (not glued to the next ones)
+                                           f"SSE event is not JSON: {buf[:100]!r}")
                         continue  # blank lines, comments / pings
                     data = line[5:].strip()
                     if data == b"[DONE]":

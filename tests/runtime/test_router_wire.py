@@ -127,3 +127,16 @@ def test_a_scrape_that_raises_does_not_end_the_scrape_loop(monkeypatch):
         task.cancel()
     asyncio.run(run())
     assert len(calls) >= 3 and b.scrape_ok
+
+
+def test_an_event_that_is_not_json_fails_the_leg_and_swallows_nothing():
+    # a plain-text error event used to be glued to every later event (none parsed, all lost,
+    # and the stream still ended with [DONE] as if fine)
+    with pytest.raises(legs.LegError, match="bad_response"):
+        batches([b'data: {"a": 1}\n\ndata: upstream error\n\n',
+                 b'data: {"b": 2}\n\ndata: [DONE]\n\n'])
+    with pytest.raises(legs.LegError, match="bad_response"):
+        batches([b'data: upstream error\r\n', b'\r\ndata: {"b": 2}\n\ndata: [DONE]\n\n'])
+    # one JSON value over two data lines of one event is still one event
+    assert batches([b'data: {"c":\ndata: 3}\n\n', b"data: [DONE]\n\n"]) == [
+        [(b'data: {"c":3}\n\n', {"c": 3})], [(b"data: [DONE]\n\n", None)]]
