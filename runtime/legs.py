@@ -152,9 +152,12 @@ async def call_json_raw(session: aiohttp.ClientSession, url: str, body: dict | b
     except (TimeoutError, aiohttp.ClientError) as e:
         raise _classify(e) from e
     try:
-        return json.loads(data), data
+        parsed = json.loads(data)
     except ValueError as e:
         raise LegError("bad_response", f"not JSON: {data[:100]!r}") from e
+    if not isinstance(parsed, dict):
+        raise LegError("bad_response", f"not a JSON object: {data[:100]!r}")
+    return parsed, data
 
 
 class Stream:
@@ -188,11 +191,12 @@ class Stream:
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
                 batch = []
+                bad = ""  # why the stream is unusable from this event on
                 for line in lines:
                     if not line.startswith(b"data:"):
-                        if buf and not line.strip():  # the event ended, still not JSON:
-                            raise LegError("bad_response",  # (not glued to the next ones)
-                                           f"SSE event is not JSON: {buf[:100]!r}")
+                        if buf and not line.strip():  # the event ended, still not JSON
+                            bad = f"SSE event is not JSON: {buf[:100]!r}"  # (not glued to
+                            break                                         # the next ones)
                         continue  # blank lines, comments / pings
                     data = line[5:].strip()
                     if data == b"[DONE]":
@@ -206,9 +210,14 @@ class Stream:
                         buf = data
                         continue
                     buf = b""
+                    if payload.__class__ is not dict:  # e.g. "data: 5": not a chunk
+                        bad = f"SSE event is not an object: {data[:100]!r}"
+                        break
                     batch.append((b"data: " + data + b"\n\n", payload))
-                if batch:
+                if batch:  # the good events before a bad one go out, as one by one
                     yield batch
+                if bad:
+                    raise LegError("bad_response", bad)
         except (TimeoutError, aiohttp.ClientError) as e:
             raise _classify(e) from e
         if rest.startswith(b"data:") and rest[5:].strip() == b"[DONE]":

@@ -323,6 +323,12 @@ class Router:
         except asyncio.CancelledError:
             outcome = "client_disconnected"
             raise
+        except Exception:  # a bug, or an answer no check foresaw: never a silently cut stream
+            logger.exception("request %s failed unexpectedly", rid)
+            if ctx.sink.committed:
+                outcome = "stream_error"
+                return await self._end_with_error(ctx, "internal router error")
+            return _error(500, "internal router error", "InternalServerError")
         finally:
             self.num_inflight -= 1
             first = ctx.sink.first_token_s
@@ -332,7 +338,7 @@ class Router:
     async def _end_with_error(self, ctx: Ctx, message: str) -> web.StreamResponse:
         try:
             await ctx.sink.error_event(message)
-        except ConnectionResetError:
+        except (ConnectionResetError, RuntimeError):  # client gone, or the response ended
             pass
         return ctx.sink.resp
 
