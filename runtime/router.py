@@ -734,7 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("routing with %s over %s", router.decider.name,
                 [(b.url, b.role) for b in router.backends])
     # everything built so far (modules, the ONNX session, the app) lives as long as the
-    # process: keep it out of the collector's full passes (pauses on the request path)
+    # process: keep it out of the collector's full passes (pauses on the request path);
+    # collect first, or the start-up's cyclic garbage would be frozen, never freed
+    gc.collect()
     gc.freeze()
     # a client that goes away cancels its handler: legs close, accounting is released now
     # (aiohttp's default keeps the handler running until a backend timeout)

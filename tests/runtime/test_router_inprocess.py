@@ -144,3 +144,27 @@ def test_an_unexpected_error_after_the_first_byte_still_ends_with_an_error_event
     assert len(calls) == 2 and status == 200 and ev[:2] == [CHUNK, CHUNK]
     assert ev[-2]["object"] == "error" and ev[-1] == "[DONE]"
     assert counted == {"stream_error": 1}
+
+
+def test_startup_garbage_is_collected_not_frozen(monkeypatch):
+    """gc.freeze() after start-up must not make the start-up's cyclic garbage immortal."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    monkeypatch.setattr(router_mod.web, "run_app", lambda *a, **kw: None)
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the explicit collections decide
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
+        ref = weakref.ref(a)
+        del a, b
+        router_mod.main(["--backends", "http://127.0.0.1:9"])
+        assert ref() is None
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
