@@ -5,8 +5,10 @@ under ``<data-root>/vllm_runs/llmservingsim/<GPU>/<model>/vllm/`` (300 ShareGPT 
 ~10 req/s, exact output lengths, vLLM 0.19 V1 with chunked prefill, prefix caching, CUDA graphs
 and async scheduling), builds a single-instance cluster with the run's engine arguments
 (``max_num_seqs``, ``max_num_batched_tokens``, TP; the KV block count vLLM reported when the
-run recorded it, else the memory model's), replays the arrivals, and compares mean/p50/p90/p99
-TTFT, TPOT and E2E with the measured ones.
+run recorded it, else the memory model's; async scheduling as the run's resolved config records
+it, ``scheduler_config.async_scheduling``, off when the run has no resolved config), replays the
+arrivals, and compares mean/p50/p90/p99 TTFT, TPOT and E2E with the measured ones.
+``--async-scheduling on|off`` overrides the recorded setting for every run.
 
 Clocks: vLLM stamps ``queued_ts`` when the engine core next polls its input queue, i.e. at
 the end of the step in flight when the request arrived. The simulator makes a request wait
@@ -65,6 +67,7 @@ from sim.workload import Workload
 
 STATS = ("mean", "p50", "p90", "p99")
 EP_MODES = ("group", "replicas", "none")
+ASYNC_MODES = ("recorded", "on", "off")
 METRICS = ("ttft_s", "tpot_s", "e2e_s")
 
 
@@ -92,6 +95,12 @@ def load_run(run_dir: Path, anchor: str = "arrival") -> tuple[pd.DataFrame, dict
     return df, meta
 
 
+def recorded_async_scheduling(meta: dict) -> bool:
+    """``scheduler_config.async_scheduling`` of the run's resolved vLLM config (False if absent)."""
+    sched = (meta.get("resolved_config") or {}).get("scheduler_config") or {}
+    return bool(sched.get("async_scheduling") or False)
+
+
 def _stats(v: np.ndarray) -> dict[str, float]:
     return {"mean": float(np.mean(v)), "p50": float(np.percentile(v, 50)),
             "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99))}
@@ -99,16 +108,20 @@ def _stats(v: np.ndarray) -> dict[str, float]:
 
 def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
            ep_mode: str = "group", kernel_params: KernelParams | None = None,
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+           async_mode: str = "recorded") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Simulate one run; returns (real requests, simulated records).
 
     ``ep_mode`` says how a DP + expert-parallel run is replayed (see the module docstring):
     ``group`` (one instance for the lock-stepped ranks), ``replicas`` (independent DP
     replicas, each timed as an EP rank) or ``none`` (independent replicas holding every
     expert). ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
+    ``async_mode``: async scheduling as ``recorded`` in the run's meta.json, or ``on``/``off``.
     """
     if ep_mode not in EP_MODES:
         raise ValueError(f"ep_mode must be one of {', '.join(EP_MODES)}, got {ep_mode!r}")
+    if async_mode not in ASYNC_MODES:
+        raise ValueError(f"async_mode must be one of {', '.join(ASYNC_MODES)}, got "
+                         f"{async_mode!r}")
     real, meta = load_run(run_dir, anchor)
     kw = meta["engine_kwargs"]
     gpu = get_gpu(GPU_NAMES[run_dir.parent.name])
@@ -130,6 +143,8 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
         max_model_len=int(kw.get("max_model_len") or 0),
         num_gpu_blocks_override=int(blocks),
         replicas=1 if group else dp,
+        async_scheduling=(recorded_async_scheduling(meta) if async_mode == "recorded"
+                          else async_mode == "on"),
     )
     wl = Workload(arrival_s=real.arrival_s.to_numpy(), prompt_tokens=real.input_toks.to_numpy(),
                   output_tokens=real.output_toks.to_numpy(), name=run_dir.name)
@@ -171,7 +186,8 @@ def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
 
 
 def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
-            ep_mode: str = "group", leave_one_out: bool = False) -> pd.DataFrame:
+            ep_mode: str = "group", leave_one_out: bool = False,
+            async_mode: str = "recorded") -> pd.DataFrame:
     """One row per (run, metric, statistic): measured, simulated, relative error.
 
     With ``leave_one_out`` every run is simulated with the calibration refitted without it
@@ -183,7 +199,7 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
         name = f"{run_dir.parent.name}/{run_dir.name}"
         kp, factor = (leave_one_out_params(data_root, name, engine) if leave_one_out
                       else (None, None))
-        real, sim = replay(run_dir, engine, anchor, ep_mode, kp)
+        real, sim = replay(run_dir, engine, anchor, ep_mode, kp, async_mode)
         for metric in METRICS:
             ms, ss = _stats(real[metric].to_numpy()), _stats(sim[metric].dropna().to_numpy())
             for st in STATS:
@@ -215,17 +231,21 @@ def main(argv: list[str] | None = None) -> None:
                     help="request start on the engine clock (see module docstring)")
     ap.add_argument("--ep-mode", default="group", choices=EP_MODES,
                     help="how the DP + expert-parallel run is replayed (module docstring)")
+    ap.add_argument("--async-scheduling", default="recorded", choices=ASYNC_MODES,
+                    help="async scheduling per run: as recorded in meta.json (off when "
+                         "absent), or on/off for every run")
     ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-out replays")
     ap.add_argument("--out", type=Path, default=Path("results/fidelity_vllm_runs"))
     args = ap.parse_args(argv)
-    table = compare(args.data_root, args.engine, args.anchor, args.ep_mode)
+    table = compare(args.data_root, args.engine, args.anchor, args.ep_mode,
+                    async_mode=args.async_scheduling)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "comparison.csv", index=False)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summarise(table))
         if not args.no_loo:
             loo = compare(args.data_root, args.engine, args.anchor, args.ep_mode,
-                          leave_one_out=True)
+                          leave_one_out=True, async_mode=args.async_scheduling)
             loo.to_csv(args.out / "comparison_leave_one_out.csv", index=False)
             factors = loo.dropna(subset=["loo_factor"]).groupby("run").loo_factor.first()
             print("\nleave-one-out (the GDDR streaming factor refitted without the run: "

@@ -18,6 +18,17 @@ is settled (its evictions applied, LRU first) when it ends or is cut, and before
 change to that instance's KV cache (a release, a registration, a pulled hand-in), so the
 cache always ends up as one-event-per-iteration simulation leaves it.
 
+Async scheduling (``InstanceConfig.async_scheduling``, vLLM's ``--async-scheduling``): the
+iteration that starts when iteration N ends was planned while N ran, so it admits only waiting
+requests that arrived, and KV hand-ins that landed, by the start of N (a request preempted
+while planning is requeued then, so it is visible to the next plan as without the option).
+Running requests continue as usual. When that plan would be empty the engine idles and
+schedules at once whatever is ready; an idle instance schedules an arrival at once. An arrival
+during a decode run of such an instance cuts the run one iteration after the one in flight
+when the run already holds that iteration's KV blocks (else after the one in flight, and the
+next iteration is planned alone, without the arrival): no run is planned while something
+waits to become visible, so fast-forward stays exact.
+
 Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
 environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
 ``sim.view()`` snapshots the cluster, ``sim.route(decision)`` places it.
@@ -66,7 +77,8 @@ TRANSFER_END = int(EventKind.TRANSFER_END)
 class _Op:
     """What an instance is executing: one planned iteration, or a decode run of k iterations."""
 
-    __slots__ = ("plan", "k_planned", "k_done", "line", "start_s", "end_s", "step_s", "version")
+    __slots__ = ("plan", "k_planned", "k_done", "line", "start_s", "end_s", "step_s", "version",
+                 "last_start_s")
 
     def __init__(self) -> None:
         self.plan = None
@@ -77,6 +89,8 @@ class _Op:
         self.end_s = 0.0
         self.step_s = 0.0
         self.version = 0
+        self.last_start_s = 0.0
+        """Start of its last iteration (async-scheduling instances only)."""
 
 
 class Simulator:
@@ -119,6 +133,8 @@ class Simulator:
         self._check = sim.check_invariants
         self._ff = sim.fast_forward
         insts = self.instances
+        self._async = [i.cfg.async_scheduling for i in insts]
+        """Instances that plan an iteration while the previous one runs (async scheduling)."""
         self._q_waiting = [i.waiting for i in insts]
         self._q_batch = [i._batch for i in insts]
         self._q_tail = [i._tail for i in insts]
@@ -334,7 +350,10 @@ class Simulator:
         inst = self.instances[r.lead]
         r.stop_tokens = r.split_tokens
         inst.enqueue(r)
-        self._touch(r.lead)
+        if inst.busy and self._async[r.lead]:
+            self._cut(r.lead, arrival=True)
+        else:
+            self._touch(r.lead)
         return r
 
     def entered_requests(self) -> list[Request]:
@@ -425,8 +444,15 @@ class Simulator:
             return
         self._cut(idx)
 
-    def _cut(self, idx: int) -> None:
-        """End a decode run after the iteration in flight; free blocks reserved beyond it."""
+    def _cut(self, idx: int, arrival: bool = False) -> None:
+        """End a decode run after the iteration in flight; free blocks reserved beyond it.
+
+        ``arrival``: the cut is for a request that arrived at an async-scheduling instance.
+        It is first scheduled into the iteration after the next one, so the run keeps the
+        next iteration too when it already holds that iteration's blocks (no evictions owed
+        for it); otherwise the run ends after the iteration in flight and the next iteration
+        is planned alone (the arrival is not visible to it), which gives the same result.
+        """
         op = self._ops[idx]
         if op.line is None:
             return
@@ -436,10 +462,18 @@ class Simulator:
                 inst.shrink_decode_run(op.k_done, op.k_done)  # settle its evictions now
             return
         done = iters_within(op.line, self.now_s - op.start_s) + 1  # include the one in flight
+        if arrival and done < op.k_done and (
+                inst.run_new_blocks(done + 1)
+                <= inst.run_new_blocks(op.k_done) - inst.run_owed_blocks):
+            done += 1
+            if done == op.k_done:
+                return  # the run ends there anyway (and owes no evictions: checked above)
         if done < op.k_done:
             inst.shrink_decode_run(op.k_done, done)
             op.k_done = done
             op.end_s = op.start_s + cum_time_s(op.line, done)
+            if self._async[idx]:
+                op.last_start_s = op.start_s + cum_time_s(op.line, done - 1)
             op.version += 1
             self._push(op.end_s, ITERATION_END, idx, op.version)
         elif inst.run_owed_blocks:
@@ -466,18 +500,28 @@ class Simulator:
 
     def _start(self, idx: int) -> None:
         inst = self.instances[idx]
-        ready = inst.ready_kv
-        if ready:
-            for r in ready:
-                r.status = RequestStatus.RUNNING
-                inst.add_running(r)
-            inst.num_transfers_in -= len(ready)
-            ready.clear()
-        if inst.pending_kv:
-            self._try_pull(inst)
         op = self._ops[idx]
         now = self.now_s
-        if self._ff and inst._batch and not inst._tail:
+        ready_by = INF
+        if self._async[idx] and op.version and op.end_s == now:
+            # async scheduling, the instance was busy until now: this iteration was planned
+            # while the last one ran, so it sees only what was ready when that one started
+            ready_by = op.last_start_s
+        ready = inst.ready_kv
+        if ready:
+            if ready_by == INF:
+                for r in ready:
+                    r.status = RequestStatus.RUNNING
+                    inst.add_running(r)
+                inst.num_transfers_in -= len(ready)
+                ready.clear()
+            else:
+                self._join_ready(inst, ready_by)
+        if inst.pending_kv:
+            self._try_pull(inst)
+        deferred = ready_by < INF and bool(
+            ready or (inst.waiting and inst.waiting[-1].arrival_s > ready_by))
+        if self._ff and inst._batch and not inst._tail and not deferred:
             k = inst.plan_decode_run(RUN_LIMIT)
             if k:
                 line = DecodeLine(*self.backends[idx].decode_line(inst._run_seqs,
@@ -487,13 +531,20 @@ class Simulator:
                 op.k_planned = op.k_done = k
                 op.start_s = now
                 op.end_s = end = now + cum_time_s(line, k)
+                if self._async[idx]:
+                    op.last_start_s = now + cum_time_s(line, k - 1)
                 op.step_s = line.a_s + line.const_s
                 inst.busy = True
                 op.version = v = op.version + 1
                 heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
                 self.num_runs += 1
                 return
-        plan = inst.schedule()
+        plan = inst.schedule(ready_by) if deferred else inst.schedule()
+        if plan is None and deferred:
+            # the iteration would be empty: the engine idles and schedules at once what
+            # became ready while the last iteration ran
+            self._join_ready(inst, INF)
+            plan = inst.schedule()
         if plan is None:
             if not self._cancel_stuck_handover(inst):
                 return
@@ -509,12 +560,26 @@ class Simulator:
             plan.decode_ctx_tokens)
         op.plan = plan
         op.line = None
-        op.start_s = now
+        op.start_s = op.last_start_s = now
         op.end_s = end = now + dt
         op.step_s = dt
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
+
+    @staticmethod
+    def _join_ready(inst: Instance, ready_by: float) -> None:
+        """Hand-ins whose KV landed by ``ready_by`` join the running batch (in order)."""
+        ready = inst.ready_kv
+        keep = []
+        for r in ready:
+            if r.transfer_end_s <= ready_by:
+                r.status = RequestStatus.RUNNING
+                inst.add_running(r)
+                inst.num_transfers_in -= 1
+            else:
+                keep.append(r)
+        ready[:] = keep
 
     def _on_iteration_end(self, idx: int, version: int) -> None:
         op = self._ops[idx]

@@ -37,6 +37,8 @@ from sim.instance.config import InstanceConfig
 from sim.instance.kv import KVCache, self_keys
 from sim.instance.request import Request, RequestStatus
 
+INF = float("inf")
+
 
 @dataclass(slots=True)
 class IterationPlan:
@@ -257,8 +259,15 @@ class Instance:
         return [self._leave(seq) for seq in out]
 
     # ---- one iteration --------------------------------------------------------------------
-    def schedule(self) -> IterationPlan | None:
-        """Build the next iteration (vLLM V1 order); None when there is nothing to run."""
+    def schedule(self, ready_by: float = INF) -> IterationPlan | None:
+        """Build the next iteration (vLLM V1 order); None when there is nothing to run.
+
+        Args:
+            ready_by: admit only waiting requests that arrived by this time (async
+                scheduling: the plan was made while the previous iteration ran). Arrivals
+                are appended in time order and preempted requests (which arrived earlier)
+                go to the front, so the requests not yet visible are a suffix of the queue.
+        """
         if not self._batch and not self._tail and not self.waiting:
             return None
         plan = IterationPlan()
@@ -270,7 +279,7 @@ class Instance:
                 budget = self._schedule_batch(plan, budget)
         budget = self._schedule_running(plan, budget)
         if not plan.num_preempted:
-            self._schedule_waiting(plan, budget)
+            self._schedule_waiting(plan, budget, ready_by)
         return plan if plan.reqs or plan.batch_seqs else None
 
     def _schedule_batch(self, plan: IterationPlan, budget: int) -> int:
@@ -350,7 +359,7 @@ class Instance:
             i += 1
         return budget
 
-    def _schedule_waiting(self, plan: IterationPlan, budget: int) -> None:
+    def _schedule_waiting(self, plan: IterationPlan, budget: int, ready_by: float = INF) -> None:
         kv = self.kv
         cfg = self.cfg
         waiting = self.waiting
@@ -363,6 +372,8 @@ class Instance:
         while (waiting and budget > 0
                and len(batch) + len(tail) + self.num_transfers_in < max_seqs):
             r = waiting[0]
+            if r.arrival_s > ready_by:
+                break  # arrived while the previous iteration ran (async scheduling)
             keys, hit, pinned = self._prefix_hit(r)
             c = r.num_computed_tokens
             start = c if c > hit else hit

@@ -55,6 +55,7 @@ def instance_cfgs(draw, role: str | None = None, min_blocks: int = 40, max_block
         enable_prefix_caching=draw(st.booleans()),
         long_prefill_token_threshold=draw(st.sampled_from([0, 0, 48])),
         max_model_len=0 if chunked or not cap else budget,
+        async_scheduling=draw(st.booleans()),
     )
 
 

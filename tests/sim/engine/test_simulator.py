@@ -185,6 +185,15 @@ FF_CASES = {
                        make_instance_cfg(role="decode", num_gpu_blocks_override=60)),
                       "distserve"),
     "tandem": ((make_instance_cfg(num_gpu_blocks_override=60, replicas=3),), "dynaserve"),
+    "colocated_async": ((make_instance_cfg(num_gpu_blocks_override=60, async_scheduling=True),
+                         make_instance_cfg(num_gpu_blocks_override=90, async_scheduling=True)),
+                        "round_robin"),
+    "disaggregated_async": ((make_instance_cfg(role="prefill", num_gpu_blocks_override=60,
+                                               async_scheduling=True),
+                             make_instance_cfg(role="decode", num_gpu_blocks_override=60,
+                                               async_scheduling=True)), "distserve"),
+    "tandem_async": ((make_instance_cfg(num_gpu_blocks_override=60, replicas=3,
+                                        async_scheduling=True),), "dynaserve"),
 }
 
 
