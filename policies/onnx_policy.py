@@ -324,7 +324,7 @@ class BoundPolicy:
         self._run(self._io)
         action = self.action[0].tolist()
         row = self._mask_row
-        for a, lo in zip(action, self._offsets):
+        for a, lo in zip(action, self._offsets, strict=True):
             if not row[lo + a]:
                 self.policy._raise_empty_dimension(self.mask)
         return action

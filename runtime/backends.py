@@ -204,7 +204,7 @@ async def scrape_forever(session: aiohttp.ClientSession, backends: list[Backend]
     while True:
         results = await asyncio.gather(*(scrape_once(session, b, headers, kv_from_metrics)
                                          for b in backends), return_exceptions=True)
-        for b, r in zip(backends, results):
+        for b, r in zip(backends, results, strict=True):
             if isinstance(r, Exception):  # never let one odd page end scraping for good
                 logger.error("backend %d (%s) scrape raised %r", b.index, b.url, r)
                 b.scrape_ok = False

@@ -136,8 +136,9 @@ async def call_json(session: aiohttp.ClientSession, url: str, body: dict | bytes
 
 async def call_json_raw(session: aiohttp.ClientSession, url: str, body: dict | bytes,
                         headers: dict) -> tuple[dict, bytes]:
-    """A non-streaming leg (``body`` a dict, or JSON bytes sent as they are); returns the
-    parsed response and its bytes.
+    """A non-streaming leg; returns the parsed response and its bytes.
+
+    ``body`` is a dict, or JSON bytes sent as they are.
 
     Raises:
         LegError: refused, timeout, 5xx, dropped connection or unparsable body.
@@ -161,15 +162,19 @@ async def call_json_raw(session: aiohttp.ClientSession, url: str, body: dict | b
 
 
 class Stream:
-    """An open streaming leg: iterate :meth:`batches` (or :meth:`events`) for
-    ``(raw bytes, payload)`` pairs."""
+    """An open streaming leg.
+
+    Iterate :meth:`batches` (or :meth:`events`) for ``(raw bytes, payload)`` pairs.
+    """
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
 
     async def batches(self) -> AsyncIterator[list[tuple[bytes, dict | None]]]:
-        """SSE events as they arrive: each batch is every complete event of one network read
-        (a relay writes a batch at once); payload None for ``[DONE]`` (always last).
+        """SSE events as they arrive, one batch per network read.
+
+        A batch is every complete event of one read (a relay writes a batch at once); the
+        payload is None for ``[DONE]`` (always last).
 
         Lines are ``data: <json>`` (a JSON value split over several ``data:`` lines of one
         event is joined); blank lines, comments and other fields are skipped.

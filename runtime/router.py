@@ -343,9 +343,12 @@ class Router:
         return ctx.sink.resp
 
     def decide(self, info: RequestInfo, now: float) -> Decision | None:
-        """The decider's answer for one arrival at monotonic time ``now`` (None: no backend
-        is healthy). What ``baton_router_decision_seconds`` times; a policy reads the
-        backends' lists directly, a heuristic gets a :class:`~sim.routing.ClusterView`."""
+        """The decider's answer for one arrival at monotonic time ``now``, seconds.
+
+        None when no backend is healthy. This is what ``baton_router_decision_seconds``
+        times; a policy reads the backends' lists directly, a heuristic gets a
+        :class:`~sim.routing.ClusterView`.
+        """
         backends = self.backends
         healthy = [b.healthy(now) for b in backends]
         if not any(healthy):

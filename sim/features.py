@@ -245,7 +245,7 @@ class ObservationEncoder:
         ext = out.extend
         for (inv_total, free_base, role), q, w, r, t_in, t_out, used in zip(
                 self._static, queued, waiting, running, transfers_in, transfers_out,
-                used_blocks):
+                used_blocks, strict=True):
             u = used * inv_total
             f = free_base - u - need * inv_total
             ext((lg(q) * it, lg(w) * ic, lg(r) * ic, u, f if f > -1.0 else -1.0,
