@@ -141,3 +141,17 @@ def test_option_is_validated():
     with pytest.raises(ValueError, match="async_scheduling"):
         InstanceConfig(async_scheduling="yes")
     assert InstanceConfig().async_scheduling is False
+
+
+def test_hydra_cluster_override_reaches_the_instance():
+    """``cluster.instances.N.async_scheduling`` composes through the typed schema."""
+    from hydra.errors import ConfigCompositionException
+
+    from tests.hydra_entry import compose, import_entry
+
+    import_entry("simulate.py")
+    cfg = compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=true")
+    assert cfg.cluster.instances[0].async_scheduling is True
+    assert compose("simulate", "cluster=single").cluster.instances[0].async_scheduling is False
+    with pytest.raises(ConfigCompositionException):
+        compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=maybe")

@@ -320,3 +320,19 @@ def test_resolved_fills_vllm_defaults():
     assert (cfg.max_num_batched_tokens, cfg.max_num_seqs) == (2048, 256)
     cfg = InstanceConfig(max_num_seqs=7).resolved(80, "H100-SXM")
     assert (cfg.max_num_batched_tokens, cfg.max_num_seqs) == (8192, 7)
+
+
+def test_ready_by_hides_waiting_requests_that_arrived_later():
+    """Async scheduling: a plan admits only requests that arrived by ``ready_by`` (FCFS)."""
+    inst = make_instance(max_num_batched_tokens=128)
+    early, late = make_request(0, prompt=20), make_request(1, prompt=20)
+    early.arrival_s, late.arrival_s = 1.0, 2.0
+    inst.enqueue(early)
+    inst.enqueue(late)
+    plan = inst.schedule(ready_by=1.0)  # arrived exactly at ready_by: visible
+    assert scheduled(plan) == {0: 20} and list(inst.waiting) == [late]
+    inst.complete(plan)
+    plan = inst.schedule(ready_by=1.5)
+    assert scheduled(plan) == {0: 1}  # running ones go on
+    inst.complete(plan)
+    assert scheduled(inst.schedule()) == {0: 1, 1: 20}
