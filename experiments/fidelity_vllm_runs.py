@@ -6,7 +6,8 @@ under ``<data-root>/vllm_runs/llmservingsim/<GPU>/<model>/vllm/`` (300 ShareGPT 
 and async scheduling), builds a single-instance cluster with the run's engine arguments
 (``max_num_seqs``, ``max_num_batched_tokens``, TP; the KV block count vLLM reported when the
 run recorded it, else the memory model's; async scheduling as the run's resolved config records
-it, ``scheduler_config.async_scheduling``, off when the run has no resolved config), replays the
+it, ``scheduler_config.async_scheduling``, else vLLM's default for the run's version: on from
+0.14 except with pipeline parallelism, per vLLM 0.14's release notes), replays the
 arrivals, and compares mean/p50/p90/p99 TTFT, TPOT and E2E with the measured ones.
 ``--async-scheduling on|off`` overrides the recorded setting for every run.
 
@@ -95,10 +96,28 @@ def load_run(run_dir: Path, anchor: str = "arrival") -> tuple[pd.DataFrame, dict
     return df, meta
 
 
+ASYNC_DEFAULT_SINCE = (0, 14)
+"""vLLM version from which async scheduling is on by default (0.14.0 release notes: "Async
+scheduling is now enabled by default", pipeline parallelism excluded)."""
+
+
 def recorded_async_scheduling(meta: dict) -> bool:
-    """``scheduler_config.async_scheduling`` of the run's resolved vLLM config (False if absent)."""
+    """Whether the run scheduled asynchronously.
+
+    ``scheduler_config.async_scheduling`` of the run's resolved vLLM config when recorded (the
+    RTX 4090 run records ``true`` without asking for it); otherwise vLLM's default for the
+    run's ``vllm_version``: on from 0.14 unless ``pipeline_parallel_size`` > 1; off when the
+    version is unknown.
+    """
     sched = (meta.get("resolved_config") or {}).get("scheduler_config") or {}
-    return bool(sched.get("async_scheduling") or False)
+    if "async_scheduling" in sched:
+        return bool(sched["async_scheduling"])
+    try:
+        version = tuple(int(x) for x in str(meta.get("vllm_version", "")).split(".")[:2])
+    except ValueError:
+        return False
+    pp = int((meta.get("engine_kwargs") or {}).get("pipeline_parallel_size") or 1)
+    return len(version) == 2 and version >= ASYNC_DEFAULT_SINCE and pp == 1
 
 
 def _stats(v: np.ndarray) -> dict[str, float]:
@@ -232,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ep-mode", default="group", choices=EP_MODES,
                     help="how the DP + expert-parallel run is replayed (module docstring)")
     ap.add_argument("--async-scheduling", default="recorded", choices=ASYNC_MODES,
-                    help="async scheduling per run: as recorded in meta.json (off when "
-                         "absent), or on/off for every run")
+                    help="async scheduling per run: as recorded in meta.json (else vLLM's "
+                         "default for the run's version), or on/off for every run")
     ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-out replays")
     ap.add_argument("--out", type=Path, default=Path("results/fidelity_vllm_runs"))
     args = ap.parse_args(argv)

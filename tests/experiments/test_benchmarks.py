@@ -26,3 +26,17 @@ def test_fidelity_replays_every_real_run(shared_data, tmp_path, capsys):
     assert set(table.metric) == {"ttft_s", "tpot_s", "e2e_s"}
     assert table.run.nunique() == 4
     assert (table.measured_s > 0).all() and (table.simulated_s > 0).all()
+
+
+@pytest.mark.parametrize(("meta", "expected"), [
+    ({"resolved_config": {"scheduler_config": {"async_scheduling": False}},
+      "vllm_version": "0.19.0"}, False),                        # recorded wins
+    ({"resolved_config": {"scheduler_config": {"async_scheduling": True}}}, True),
+    ({"vllm_version": "0.19.0", "engine_kwargs": {}}, True),     # vLLM >= 0.14 default
+    ({"vllm_version": "0.13.2", "engine_kwargs": {}}, False),
+    ({"vllm_version": "0.19.0", "engine_kwargs": {"pipeline_parallel_size": 2}}, False),
+    ({"vllm_version": "dev", "engine_kwargs": {}}, False),       # unknown version: off
+    ({}, False),
+])
+def test_async_scheduling_follows_the_record_then_vllms_default(meta, expected):
+    assert fidelity_vllm_runs.recorded_async_scheduling(meta) is expected
