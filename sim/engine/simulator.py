@@ -40,8 +40,8 @@ import gc
 import heapq
 import itertools
 import logging
-from itertools import compress
 from enum import IntEnum
+from itertools import compress
 from operator import add, attrgetter
 
 import numpy as np

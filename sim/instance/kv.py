@@ -20,8 +20,8 @@ recomputes little.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from bisect import bisect_right
+from collections import OrderedDict
 from itertools import accumulate, islice
 
 import numpy as np
@@ -266,7 +266,7 @@ class KVCache:
         if refs.keys().isdisjoint(keys):  # the usual case: add them all at C speed
             refs.update(dict.fromkeys(keys, 0))
             moved = len(keys)
-            lru.update(zip(keys, range(stamp, stamp + moved)))
+            lru.update(zip(keys, range(stamp, stamp + moved), strict=True))
             stamp += moved
         else:
             moved = 0
