@@ -299,6 +299,28 @@ def timeseries_clock_shift(reqs: pd.DataFrame, ts: pd.DataFrame) -> float:
     return best
 
 
+def _single_engine_runs(data_root: Path):
+    """``(run_dir, engine_kwargs, requests)`` of each real vLLM run with one engine.
+
+    Runs under ``<data_root>/vllm_runs/llmservingsim/<GPU>/<model>/``; data-parallel runs
+    (the DP/EP MoE run) are skipped: their ranks' batches are not recorded separately.
+    """
+    base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
+    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
+        kw = json.loads((run_dir / "vllm" / "meta.json").read_text())["engine_kwargs"]
+        if (kw.get("data_parallel_size") or 1) > 1:
+            continue
+        yield run_dir, kw, pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
+
+
+def _run_columns(run_dir: Path, kw: dict) -> dict:
+    """The run, GPU, model and TP columns of a run's measurement rows."""
+    return {"run": f"{run_dir.parent.name}/{run_dir.name}",
+            "gpu": VLLM_RUN_GPU[run_dir.parent.name],
+            "model": VLLM_RUN_MODEL[run_dir.name],
+            "tp": int(kw.get("tensor_parallel_size") or 1)}
+
+
 def load_vllm_decode_windows(data_root: Path, max_kv_cache_pct: float = 90.0,
                              min_batch: int = 4) -> pd.DataFrame:
     """Decode-only seconds of the real vLLM V1 runs, as iteration-time measurements.
@@ -318,14 +340,8 @@ def load_vllm_decode_windows(data_root: Path, max_kv_cache_pct: float = 90.0,
     Columns: run, gpu, model, tp, t (end of the second, requests' clock), kv_cache_pct,
     batch_size (mean), ctx_tokens (summed), measured_s.
     """
-    base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
     rows = []
-    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
-        meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
-        kw = meta["engine_kwargs"]
-        if (kw.get("data_parallel_size") or 1) > 1:
-            continue
-        reqs = pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
+    for run_dir, kw, reqs in _single_engine_runs(data_root):
         ts = pd.read_csv(run_dir / "vllm" / "timeseries.csv")
         shift = timeseries_clock_shift(reqs, ts)
         t0 = reqs.queued_ts.min()
@@ -348,10 +364,7 @@ def load_vllm_decode_windows(data_root: Path, max_kv_cache_pct: float = 90.0,
             n = int(act.sum())
             ctx = (prompt[act] + gen).sum() + n
             rows.append({
-                "run": f"{run_dir.parent.name}/{run_dir.name}",
-                "gpu": VLLM_RUN_GPU[run_dir.parent.name],
-                "model": VLLM_RUN_MODEL[run_dir.name],
-                "tp": int(kw.get("tensor_parallel_size") or 1),
+                **_run_columns(run_dir, kw),
                 "t": float(end),
                 "kv_cache_pct": float(getattr(r, "kv_cache_pct", 0.0) or 0.0),
                 "batch_size": int(round(b)),
@@ -400,14 +413,8 @@ def load_vllm_drain_iterations(data_root: Path, bin_s: float = 2.0,
     Columns: run, gpu, model, tp, t (bin middle), batch_size (mean), ctx_tokens (summed),
     measured_s.
     """
-    base = _require(Path(data_root) / "vllm_runs" / "llmservingsim")
     rows = []
-    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
-        meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
-        kw = meta["engine_kwargs"]
-        if (kw.get("data_parallel_size") or 1) > 1:
-            continue
-        reqs = pd.read_json(run_dir / "vllm" / "requests.jsonl", lines=True)
+    for run_dir, kw, reqs in _single_engine_runs(data_root):
         t0 = reqs.queued_ts.min()
         first = (reqs.first_token_ts - t0).to_numpy()
         last = (reqs.last_token_ts - t0).to_numpy()
@@ -429,10 +436,7 @@ def load_vllm_drain_iterations(data_root: Path, bin_s: float = 2.0,
             n = int(act.sum())
             ctx = (prompt[act] + (t - first[act]) / pace[act]).sum() + n
             rows.append({
-                "run": f"{run_dir.parent.name}/{run_dir.name}",
-                "gpu": VLLM_RUN_GPU[run_dir.parent.name],
-                "model": VLLM_RUN_MODEL[run_dir.name],
-                "tp": int(kw.get("tensor_parallel_size") or 1),
+                **_run_columns(run_dir, kw),
                 "t": float(t),
                 "batch_size": int(round(b)),
                 "ctx_tokens": int(round(ctx * b / max(n, 1))),
