@@ -88,6 +88,7 @@ class Procs:
                         *backends, *extra], f"http://127.0.0.1:{port}/health", f"router{port}")
         p.url = f"http://127.0.0.1:{port}"
         p.port = port
+        wait_all_scraped(p.url, len(backends))
         return p
 
     @staticmethod
@@ -139,6 +140,28 @@ def post(url: str, body: dict, headers: dict | None = None, timeout_s: float = 3
     except urllib.error.HTTPError as e:
         data = e.read()
         return e.code, json.loads(data) if data else None
+
+
+def wait_all_scraped(router_url: str, num_backends: int, timeout_s: float = 5.0) -> None:
+    """Wait (at most ``timeout_s``) until the router has scraped every backend as healthy.
+
+    The router's /health is 200 once *some* backend is up; a request sent before its first
+    scrape of the others sees them unhealthy and the policy's mask routes around them (a
+    tandem decision became colocated on a loaded machine). Returns silently at the deadline:
+    fault tests put dead backends behind the router on purpose.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(router_url + "/metrics", timeout=2.0) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ""
+        up = sum(1 for line in text.splitlines()
+                 if line.startswith("baton_router_backend_healthy{") and line.endswith(" 1.0"))
+        if up >= num_backends:
+            return
+        time.sleep(0.02)
 
 
 def stream(url: str, body: dict, headers: dict | None = None, timeout_s: float = 30.0):

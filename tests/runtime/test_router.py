@@ -123,7 +123,9 @@ def test_tandem_matches_colocated_output(module_procs, urls, direct, tmp_path, c
     finish = [e["choices"][0]["finish_reason"] for e in ev if isinstance(e, dict) and e["choices"]]
     assert finish[-1] == "length" and finish.count("length") == 1
     assert state(urls[0])["num_pinned"] == 0
-    assert outcome_count(router.url, "ok", "tandem") == 2
+    assert outcome_count(router.url, "ok", "tandem") == 2, {
+        k: v for k, v in router_metrics(router.url).items()
+        if k.startswith("baton_router_requests_total")}
 
 
 def test_malformed_and_auth(module_procs, urls):
