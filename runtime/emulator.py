@@ -397,15 +397,16 @@ class Emulator:
             if drop and sent >= drop and not last:
                 return self._drop(request, resp, seq, sent)
         self._observe(seq, loop.time(), last_s, val)
+        tail = []  # what follows the last token goes out in one write with the end
         if sent == 0:  # no token at all: the finish reason alone
-            await resp.write(oa.sse(oa.completion_chunk(rid, model, None if req.chat else "",
-                                                        val, chat=req.chat)))
+            tail.append(oa.sse(oa.completion_chunk(rid, model, None if req.chat else "",
+                                                   val, chat=req.chat)))
         if req.include_usage:
-            await resp.write(oa.sse(oa.usage_chunk(
+            tail.append(oa.sse(oa.usage_chunk(
                 rid, model, oa.usage(req.num_prompt_tokens, seq.num_output_tokens),
                 chat=req.chat)))
-        await resp.write(oa.DONE)
-        await resp.write_eof()
+        tail.append(oa.DONE)
+        await resp.write_eof(b"".join(tail))
         return resp
 
     def _drop(self, request: web.Request, resp: web.StreamResponse, seq: Seq,
