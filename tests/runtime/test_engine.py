@@ -117,14 +117,19 @@ def test_the_last_token_is_known_when_sampled():
     assert run(body) == [(1, False), (2, False), (3, True)]
 
 
+async def _sleep_never_early(timer: WakeTimer) -> None:
+    """Sleep to a few targets (future, now, past); each wake-up is at or after its target."""
+    loop = asyncio.get_running_loop()
+    for d in (0.003, 0.0, 0.0105, -1.0, 0.001):
+        t = loop.time() + d
+        await timer.sleep_until(t)
+        assert loop.time() >= t
+
+
 def test_wake_timer_never_returns_early_and_survives_a_new_loop():
     async def main():
-        loop = asyncio.get_running_loop()
         timer = WakeTimer()
-        for d in (0.003, 0.0, 0.0105, -1.0, 0.001):
-            t = loop.time() + d
-            await timer.sleep_until(t)
-            assert loop.time() >= t
+        await _sleep_never_early(timer)
         return timer
 
     timer = asyncio.run(main())
@@ -144,12 +149,8 @@ def test_without_timerfd_the_engine_falls_back_to_asyncio_sleep(monkeypatch):
     monkeypatch.setattr(engine_mod, "USE_TIMERFD", False)
 
     async def sleeps():
-        loop = asyncio.get_running_loop()
         timer = WakeTimer()
-        for d in (0.003, 0.0, 0.0105, -1.0, 0.001):
-            t = loop.time() + d
-            await timer.sleep_until(t)
-            assert loop.time() >= t
+        await _sleep_never_early(timer)
         assert timer._fd == -1 and timer._settime is None
         timer.close()
 
