@@ -16,7 +16,9 @@ class InstanceConfig:
 
     Defaults are vLLM V1's ``vllm serve`` defaults; 0 for ``max_num_seqs`` or
     ``max_num_batched_tokens`` means "what vLLM picks for this GPU" (:func:`vllm_default_limits`,
-    resolved by :meth:`resolved`).
+    resolved by :meth:`resolved`). ``async_scheduling`` None is resolved at construction to
+    vLLM's default for the instance's pipeline parallelism (a ``dataclasses.replace`` that
+    changes ``pipeline_parallel_size`` keeps the resolved value: pass it again as None).
     """
 
     role: str = "unified"
@@ -40,14 +42,16 @@ class InstanceConfig:
     scheduler_reserve_full_isl: bool = True
     """Admit a waiting request only if its whole sequence fits in free blocks, not just its
     first chunk (vLLM's ``--scheduler-reserve-full-isl``, default on since 0.11)."""
-    async_scheduling: bool = False
-    """Plan iteration N+1 while iteration N runs (vLLM >= 0.1x ``--async-scheduling``: the V1
-    EngineCore with a batch queue of depth 2; recorded as ``scheduler_config.async_scheduling``
-    in vLLM's resolved config). On a busy instance a request that arrives, a KV hand-in that
-    lands or a request that becomes schedulable during iteration N is first scheduled into
-    N+2: the plan of the iteration starting when N ends admits only what was ready when N
-    started. Running requests continue as without it; an instance whose next iteration would
-    be empty (idle) schedules what is ready at once. Off by default."""
+    async_scheduling: bool | None = None
+    """Plan iteration N+1 while iteration N runs (vLLM's ``--async-scheduling`` /
+    ``--no-async-scheduling``: the V1 EngineCore with a batch queue of depth 2; recorded as
+    ``scheduler_config.async_scheduling`` in vLLM's resolved config). On a busy instance a
+    request that arrives, a KV hand-in that lands or a request that becomes schedulable during
+    iteration N is first scheduled into N+2: the plan of the iteration starting when N ends
+    admits only what was ready when N started. Running requests continue as without it; an
+    instance whose next iteration would be empty (idle) schedules what is ready at once.
+    None (the default) resolves to vLLM's default since 0.14: on unless
+    ``pipeline_parallel_size`` > 1 (``VllmConfig.__post_init__``); true/false force it."""
     long_prefill_token_threshold: int = 0
     """Cap on one request's prefill tokens per iteration, 0 = none."""
     max_model_len: int = 0
@@ -81,8 +85,11 @@ class InstanceConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"instance field {name!r} must be >= 0, got "
                                  f"{getattr(self, name)}")
-        if not isinstance(self.async_scheduling, bool):
-            raise ValueError(f"instance field 'async_scheduling' must be true or false, got "
+        if self.async_scheduling is None:  # vLLM >= 0.14: on unless pipeline parallel
+            self.async_scheduling = self.pipeline_parallel_size == 1
+        elif not isinstance(self.async_scheduling, bool):
+            raise ValueError(f"instance field 'async_scheduling' must be true, false or null "
+                             f"(vLLM's default: on unless pipeline_parallel_size > 1), got "
                              f"{self.async_scheduling!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(

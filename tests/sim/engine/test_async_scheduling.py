@@ -3,6 +3,7 @@
 The plan of the iteration that starts when iteration N ends was made while N ran: it admits
 only requests (and KV hand-ins) that were ready when N started. A busy instance therefore
 first schedules a request arriving during N into N+2; an idle one schedules it at once.
+Unset, the option follows vLLM's default (on from 0.14 unless pipeline parallel).
 """
 
 from __future__ import annotations
@@ -140,7 +141,19 @@ def test_fast_forward_is_exact_with_arrivals_during_runs():
 def test_option_is_validated():
     with pytest.raises(ValueError, match="async_scheduling"):
         InstanceConfig(async_scheduling="yes")
-    assert InstanceConfig().async_scheduling is False
+    with pytest.raises(ValueError, match="async_scheduling"):
+        InstanceConfig(async_scheduling=1)
+
+
+def test_default_is_vllms_on_unless_pipeline_parallel():
+    """vLLM >= 0.14 (``VllmConfig.__post_init__``): async scheduling is on unless PP > 1."""
+    assert InstanceConfig().async_scheduling is True
+    assert InstanceConfig(async_scheduling=None).async_scheduling is True
+    assert InstanceConfig(tensor_parallel_size=4).async_scheduling is True
+    assert InstanceConfig(pipeline_parallel_size=2).async_scheduling is False
+    # an explicit value wins either way
+    assert InstanceConfig(async_scheduling=False).async_scheduling is False
+    assert InstanceConfig(pipeline_parallel_size=2, async_scheduling=True).async_scheduling
 
 
 def test_hydra_cluster_override_reaches_the_instance():
@@ -150,8 +163,15 @@ def test_hydra_cluster_override_reaches_the_instance():
     from tests.hydra_entry import compose, import_entry
 
     import_entry("simulate.py")
-    cfg = compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=true")
+    cfg = compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=false")
+    assert cfg.cluster.instances[0].async_scheduling is False
+    assert compose("simulate", "cluster=single").cluster.instances[0].async_scheduling is True
+    cfg = compose("simulate", "cluster=single", "cluster.instances.0.pipeline_parallel_size=2")
+    assert cfg.cluster.instances[0].async_scheduling is False
+    cfg = compose("simulate", "cluster=single", "cluster.instances.0.pipeline_parallel_size=2",
+                  "cluster.instances.0.async_scheduling=true")
     assert cfg.cluster.instances[0].async_scheduling is True
-    assert compose("simulate", "cluster=single").cluster.instances[0].async_scheduling is False
+    cfg = compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=null")
+    assert cfg.cluster.instances[0].async_scheduling is True
     with pytest.raises(ConfigCompositionException):
         compose("simulate", "cluster=single", "cluster.instances.0.async_scheduling=maybe")
