@@ -20,7 +20,10 @@ this machine's monotonic clock, as the load generator's send times), and per req
 The engine part (queue + prefill, the *engine-internal TTFT*) is what the simulator's TTFT
 models; it is shown next to the simulator's queue and prefill for the same requests. The
 rest (hops and emission) is what HTTP, SSE and the router add. ``--rates 4 6 8 --seeds 0 1
-2`` sweeps and prints one summary line per run; ``--json PATH`` writes the numbers.
+2`` sweeps and prints one summary line per run; ``--json PATH`` writes the numbers. Both
+sides schedule asynchronously by default (vLLM's ``--async-scheduling`` default since 0.14,
+:attr:`sim.instance.InstanceConfig.async_scheduling`); ``--async-scheduling on|off`` forces
+it on both.
 
 Known systematic differences (live minus sim): the HTTP + SSE + router hop on every request
 (on 2 shared cores at 4 to 8 req/s about 1.3 to 2.3 ms in and 0.7 to 1.4 ms out, more when
@@ -74,7 +77,12 @@ def make_workload(num_requests: int, rate_per_s: float, seed: int = 0):
     return build_workload(cfg, np.random.default_rng(seed))
 
 
-def run_sim(workload, heuristic: str, num_instances: int) -> dict:
+ASYNC_MODES = {"default": None, "on": True, "off": False}
+"""``--async-scheduling`` choices: vLLM's default on both sides, or forced on/off."""
+
+
+def run_sim(workload, heuristic: str, num_instances: int,
+            async_scheduling: bool | None = None) -> dict:
     """Mean TTFT / TPOT / E2E (ms) of the simulated cluster."""
     from policies.heuristics import make_heuristic
     from sim.catalog import get_gpu, get_model
@@ -83,14 +91,16 @@ def run_sim(workload, heuristic: str, num_instances: int) -> dict:
     from sim.metrics import records
 
     cluster = ClusterConfig(instances=[InstanceConfig(role="unified", replicas=num_instances,
-                                                      enable_prefix_caching=False)])
+                                                      enable_prefix_caching=False,
+                                                      async_scheduling=async_scheduling)])
     sim = Simulator(get_model(MODEL), get_gpu(GPU), cluster, SimConfig(), workload,
                     make_heuristic(heuristic), np.random.default_rng(0))
     sim.run()
     df = records(sim.entered_requests())
     done = df[df.ttft_s.notna()]
     multi = done[done.output_tokens > 1]
-    return {"completed": len(done), "ttft_ms": 1e3 * float(done.ttft_s.mean()),
+    return {"async_scheduling": cluster.instances[0].async_scheduling,
+            "completed": len(done), "ttft_ms": 1e3 * float(done.ttft_s.mean()),
             "tpot_ms": 1e3 * float(multi.tpot_s.mean()),
             "e2e_ms": 1e3 * float(done.e2e_s.mean()),
             "queue_ms": 1e3 * float(done.queue_s.mean()),
@@ -118,7 +128,8 @@ def _wait(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
     raise TimeoutError(url)
 
 
-def run_live(workload, heuristic: str, num_instances: int) -> dict:
+def run_live(workload, heuristic: str, num_instances: int,
+             async_scheduling: bool | None = None) -> dict:
     """Mean TTFT / TPOT / E2E (ms) through router + emulators on loopback (loadgen)."""
     from runtime import loadgen
     from runtime.launch import stop_processes
@@ -127,10 +138,13 @@ def run_live(workload, heuristic: str, num_instances: int) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         urls = []
+        flags = [] if async_scheduling is None else [
+            "--async-scheduling" if async_scheduling else "--no-async-scheduling"]
         for _ in range(num_instances):
             port = _free_port()
             p = subprocess.Popen([sys.executable, "-m", "runtime.emulator", "--port", str(port),
-                                  "--model", MODEL, "--gpu", GPU, "--served-model-name", "m"],
+                                  "--model", MODEL, "--gpu", GPU, "--served-model-name", "m",
+                                  *flags],
                                  cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
             procs.append(p)
@@ -163,7 +177,8 @@ def run_live(workload, heuristic: str, num_instances: int) -> dict:
            "engine_wake_late_mean_ms": 1e3 * sum(e["wake_late_sum_s"] for e in engine_state)
            / max(1, sum(e["num_iterations"] for e in engine_state)),
            "engine_wake_late_max_ms": 1e3 * max(e["wake_late_max_s"] for e in engine_state),
-           "engine_stalls": sum(e["num_stalls"] for e in engine_state)}
+           "engine_stalls": sum(e["num_stalls"] for e in engine_state),
+           "async_scheduling": [e["async_scheduling"] for e in engine_state]}
     out["decomposition"] = decompose(results, engine_log)
     return out
 
@@ -224,11 +239,14 @@ def decompose(results, engine_log: dict) -> dict:
 
 
 def compare(num_requests: int, rate_per_s: float, heuristic: str, num_instances: int = 2,
-            seed: int = 0) -> dict:
-    """Both runs and the relative differences (live / sim - 1)."""
+            seed: int = 0, async_scheduling: bool | None = None) -> dict:
+    """Both runs and the relative differences (live / sim - 1).
+
+    ``async_scheduling``: None for vLLM's default on both sides, else forced on both.
+    """
     workload = make_workload(num_requests, rate_per_s, seed)
-    sim = run_sim(workload, heuristic, num_instances)
-    live = run_live(workload, heuristic, num_instances)
+    sim = run_sim(workload, heuristic, num_instances, async_scheduling)
+    live = run_live(workload, heuristic, num_instances, async_scheduling)
     rel = {k: live[k] / sim[k] - 1.0 for k in ("ttft_ms", "tpot_ms", "e2e_ms")}
     # the engine-internal comparison on the requests both sides completed
     d = live["decomposition"]
@@ -240,7 +258,8 @@ def compare(num_requests: int, rate_per_s: float, heuristic: str, num_instances:
         d["sim_prefill_same_requests_ms"] = 1e3 * float(np.mean([sim_pr[i][2] for i in both]))
         d["engine_ttft_vs_sim_rel"] = d["engine_ttft_ms"] / d["sim_ttft_same_requests_ms"] - 1
     return {"num_requests": num_requests, "rate_per_s": rate_per_s, "heuristic": heuristic,
-            "num_instances": num_instances, "seed": seed, "sim": sim, "live": live,
+            "num_instances": num_instances, "seed": seed,
+            "async_scheduling": sim.pop("async_scheduling"), "sim": sim, "live": live,
             "rel_diff": rel}
 
 
@@ -282,17 +301,23 @@ def main(argv: list[str] | None = None) -> dict:
                    help="sweep: several rates (each with every --seeds); overrides --rate")
     p.add_argument("--seeds", type=int, nargs="*", default=None,
                    help="sweep: several workload seeds; overrides --seed")
+    p.add_argument("--async-scheduling", choices=tuple(ASYNC_MODES), default="default",
+                   help="both sides: vLLM's default (on for these PP=1 instances), on or off")
     p.add_argument("--json", default="")
     a = p.parse_args(argv)
     n = 80 if a.quick else a.requests
     runs = []
     for rate in a.rates or [a.rate]:
         for seed in a.seeds if a.seeds is not None else [a.seed]:
-            out = compare(n, rate, a.heuristic, a.instances, seed)
+            out = compare(n, rate, a.heuristic, a.instances, seed,
+                          ASYNC_MODES[a.async_scheduling])
             runs.append(out)
+            live_async = set(out["live"]["async_scheduling"])
             print(f"{n} requests, Poisson {rate} req/s, seed {seed}, {a.instances} x unified "
-                  f"{MODEL} on {GPU}, {a.heuristic}; live completed "
-                  f"{out['live']['completed']}, failed {out['live']['failed']}")
+                  f"{MODEL} on {GPU}, {a.heuristic}, async scheduling "
+                  f"{'on' if out['async_scheduling'] else 'off'}"
+                  f"{'' if live_async == {out['async_scheduling']} else ' (LIVE DIFFERS)'}; "
+                  f"live completed {out['live']['completed']}, failed {out['live']['failed']}")
             print(f"{'metric':10s} {'sim':>10s} {'live':>10s} {'live/sim-1':>11s}")
             for k in ("ttft_ms", "tpot_ms", "e2e_ms"):
                 print(f"{k:10s} {out['sim'][k]:10.1f} {out['live'][k]:10.1f} "

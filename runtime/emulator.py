@@ -34,6 +34,10 @@ iteration, ``first_token_s`` planned end of the iteration that sampled output 1,
 
 Streaming writes every token's chunk as soon as the engine samples it (the last one carries
 the finish reason, as vLLM: the engine knows a token is the last when it samples it).
+
+Async scheduling follows ``vllm serve``: ``--async-scheduling`` / ``--no-async-scheduling``,
+and without either vLLM's default (since 0.14: on unless ``--pipeline-parallel-size`` > 1),
+resolved by :class:`sim.instance.InstanceConfig` as in the simulator.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from runtime import openai_api as oa
 from runtime.engine import EmulatedEngine, Seq
-from sim.instance import vllm_default_limits
+from sim.instance import InstanceConfig, vllm_default_limits
 from sim.perf import get_link, kv_transfer_time_s, load_engine_params, make_backend, plan_memory
 
 logger = logging.getLogger(__name__)
@@ -119,9 +123,11 @@ class Emulator:
             load_engine_params("vllm_v1"), args.gpu_memory_utilization, args.block_size,
             max_batched).num_blocks
         self.max_model_len = args.max_model_len or be.model.max_position_embeddings
+        self.async_scheduling = resolve_async_scheduling(args)
         self.engine = EmulatedEngine(be, num_blocks, args.block_size,
                                      args.max_num_seqs or seqs, max_batched, args.slowdown,
-                                     args.kv_abort_timeout_s)
+                                     args.kv_abort_timeout_s,
+                                     async_scheduling=self.async_scheduling)
         self.link = get_link(args.kv_link)
         self.engine_id = args.engine_id or str(uuid.uuid4())
         self.metrics = VllmMetrics(self.served_model_name, args.block_size, num_blocks,
@@ -205,7 +211,7 @@ class Emulator:
             "num_pinned": len(e.pinned), "kv_used_blocks": e.num_used_blocks,
             "kv_total_blocks": e.num_blocks, "num_iterations": e.num_iterations,
             "num_stalls": e.num_stalls, "wake_late_sum_s": e.wake_late_sum_s,
-            "wake_late_max_s": e.wake_late_max_s,
+            "wake_late_max_s": e.wake_late_max_s, "async_scheduling": e.async_scheduling,
             "role": self.args.role, "last_remote_prefill": self.last_remote_prefill})
 
     async def requests(self, request: web.Request) -> web.Response:
@@ -419,6 +425,17 @@ class Emulator:
         return resp
 
 
+def resolve_async_scheduling(args: argparse.Namespace) -> bool:
+    """``--[no-]async-scheduling``, else vLLM's default for the pipeline parallelism.
+
+    Raises:
+        ValueError: naming the field, for a bad value.
+    """
+    return InstanceConfig(tensor_parallel_size=args.tensor_parallel_size,
+                          pipeline_parallel_size=args.pipeline_parallel_size,
+                          async_scheduling=args.async_scheduling).async_scheduling
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags (``vllm serve`` names where one exists)."""
     p = argparse.ArgumentParser(prog="python -m runtime.emulator", description=__doc__.split(
@@ -439,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--num-gpu-blocks-override", type=int, default=0)
     p.add_argument("--max-model-len", type=int, default=0)
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="plan each iteration while the previous one runs (default: vLLM's, "
+                        "on unless --pipeline-parallel-size > 1)")
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="multiply every iteration time (a slow GPU)")
     p.add_argument("--kv-link", default="nvlink_a100", help="KV transfer link preset")
@@ -458,9 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     emu = Emulator(args)
-    logger.info("emulating %s on %s (%s): %d KV blocks, %d seqs, %d tokens/iteration",
-                emu.model.name, args.gpu, args.role, emu.engine.num_blocks,
-                emu.engine.max_num_seqs, emu.engine.max_num_batched_tokens)
+    logger.info("emulating %s on %s (%s): %d KV blocks, %d seqs, %d tokens/iteration, "
+                "async scheduling %s", emu.model.name, args.gpu, args.role,
+                emu.engine.num_blocks, emu.engine.max_num_seqs,
+                emu.engine.max_num_batched_tokens, "on" if emu.async_scheduling else "off")
     # a client that goes away cancels its handler, which aborts the request (frees its KV
     # blocks and its slot) at once, as vLLM does; without this a non-streaming request, or a
     # streaming one before its first token, ran to its end for nobody

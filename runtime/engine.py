@@ -16,6 +16,13 @@ instance pulls them or ``kv_abort_timeout_s`` passes, as NIXL's producer does.
 Request state follows ``sim.instance.request``: ``num_computed_tokens`` has KV, it is
 prefilling while ``num_computed_tokens < num_prompt_tokens``; each decode iteration computes
 the last sampled token and samples the next.
+
+Async scheduling (vLLM's ``--async-scheduling``, on by default since vLLM 0.14 unless
+pipeline parallel; :attr:`sim.instance.InstanceConfig.async_scheduling`), as the simulator:
+the iteration that starts when iteration N ends was planned while N ran, so it admits only
+requests submitted by the start of N (a request arriving during N is first scheduled into
+N+2); running requests continue as without it; when that plan would be empty the engine is
+idle and schedules at once what is ready, and an idle engine starts an arrival at once.
 """
 
 from __future__ import annotations
@@ -177,7 +184,8 @@ class EmulatedEngine:
 
     def __init__(self, backend: LatencyBackend, num_blocks: int, block_size: int,
                  max_num_seqs: int, max_num_batched_tokens: int,
-                 slowdown: float = 1.0, kv_abort_timeout_s: float = 480.0) -> None:
+                 slowdown: float = 1.0, kv_abort_timeout_s: float = 480.0, *,
+                 async_scheduling: bool = True) -> None:
         """Create an idle engine (start :meth:`run` as a task).
 
         Args:
@@ -188,16 +196,23 @@ class EmulatedEngine:
             max_num_batched_tokens: token budget per iteration.
             slowdown: multiplies every iteration time (1 = the model's prediction).
             kv_abort_timeout_s: pinned blocks nobody pulls are freed after this, seconds.
+            async_scheduling: plan each iteration while the previous one runs (vLLM's
+                ``--async-scheduling``; its default for ``pipeline_parallel_size`` 1; the
+                emulator resolves it as :class:`sim.instance.InstanceConfig` does).
         """
         if num_blocks < 1 or block_size < 1 or max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("num_blocks, block_size, max_num_seqs and max_num_batched_tokens "
                              "must all be >= 1")
+        if not isinstance(async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be true or false, got "
+                             f"{async_scheduling!r}")
         self.backend = backend
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.slowdown = slowdown
+        self.async_scheduling = async_scheduling
         self.kv_abort_timeout_s = kv_abort_timeout_s
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
@@ -282,7 +297,11 @@ class EmulatedEngine:
           back by zero-length iterations: the next one starts when the loop gets control;
         - as vLLM V1, a request that arrives while an iteration runs joins the next one; one
           that arrives after an iteration's planned end (while the loop was still waking up)
-          is not slipped into the iteration that started at that end, it joins the one after.
+          is not slipped into the iteration that started at that end, it joins the one after;
+        - with async scheduling, an iteration that follows another was planned while that one
+          ran: it admits only requests submitted by the previous iteration's start (one that
+          arrives during iteration N joins N+2), unless it would be empty (then the engine is
+          idle and admits what is ready at its start).
         """
         try:
             await self._run()
@@ -293,6 +312,7 @@ class EmulatedEngine:
         loop = asyncio.get_running_loop()
         end_s = -1.0  # planned end of the previous iteration (-1: the engine was idle)
         last_end_s = -1.0  # planned end of the last iteration run
+        prev_start_s = -1.0  # start of the previous iteration (async scheduling's cut-off)
         while True:
             now_s = loop.time()
             self._expire_pinned(now_s)
@@ -306,7 +326,13 @@ class EmulatedEngine:
                     t_s = max(self.waiting[0].ready_s, last_end_s)
                     if 0 <= now_s - t_s <= MAX_CATCH_UP_S:
                         start_s = t_s
-            batch = self._schedule(start_s)
+            ready_by = start_s
+            if self.async_scheduling and end_s >= 0:
+                ready_by = prev_start_s  # planned while the previous iteration ran
+            batch = self._schedule(start_s, ready_by)
+            if not batch and ready_by < start_s:
+                # that plan is empty: the engine idles and admits at once what is ready
+                batch = self._schedule(start_s, start_s)
             if not batch:
                 if end_s >= 0 and self.waiting and self.waiting[0].ready_s > start_s:
                     end_s = -1.0  # only late arrivals wait: start their iteration now
@@ -320,6 +346,7 @@ class EmulatedEngine:
                     pass
                 continue
             dt_s = self._iteration_time_s(batch) * self.slowdown
+            prev_start_s = start_s
             end_s = last_end_s = start_s + dt_s
             await self._timer.sleep_until(end_s)  # handlers write and read meanwhile
             late_s = loop.time() - end_s
@@ -328,10 +355,11 @@ class EmulatedEngine:
             self._complete(batch, end_s)
             self.num_iterations += 1
 
-    def _schedule(self, start_s: float) -> list[tuple[Seq, int]]:
+    def _schedule(self, start_s: float, ready_by: float) -> list[tuple[Seq, int]]:
         """Running first (decodes 1 token, prefills a chunk), then FCFS admissions.
 
-        Only requests that arrived by ``start_s`` (the iteration's start) are admitted.
+        Only requests submitted by ``ready_by`` are admitted: the iteration's start
+        ``start_s``, or with async scheduling the previous iteration's start.
         """
         budget = self.max_num_batched_tokens
         batch: list[tuple[Seq, int]] = []
@@ -344,8 +372,8 @@ class EmulatedEngine:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             s = self.waiting[0]
-            if s.ready_s > start_s:
-                break  # arrived after this iteration started: the next one takes it
+            if s.ready_s > ready_by:
+                break  # arrived after this iteration (async: the previous one) started
             need = self.blocks_for(s.num_prompt_tokens + s.max_tokens)
             if self.num_used_blocks + need > self.num_blocks:
                 break  # head-of-line blocking, as vLLM's FCFS

@@ -14,12 +14,15 @@ Hand-written plan::
     instances:
       - {role: prefill, tensor_parallel_size: 1, port: 8100, host: 10.0.0.1}
       - {role: decode,  tensor_parallel_size: 1, port: 8101, host: 10.0.0.1}
-      - {role: unified, port: 8102}
+      - {role: unified, port: 8102, async_scheduling: false}
 
 Every instance gets ``--kv-transfer-config {"kv_connector":"NixlConnector","kv_role":...}``
 (``kv_producer`` / ``kv_consumer`` / ``kv_both`` for unified): NixlConnector ignores the role,
 and a unified instance needs a connector to take part in a tandem (Lead/Follow) hand-off.
 ``--no-kv-for-unified`` leaves unified instances without one (colocated-only serving).
+An instance's optional ``async_scheduling`` (true/false) becomes ``--async-scheduling`` /
+``--no-async-scheduling`` on ``vllm serve`` and the emulator; unset, both use vLLM's default
+(since 0.14: on unless pipeline parallel).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def load_plan(path: str | Path) -> dict:
     """Read a plan file into a dict with ``model``, ``hf_id``, ``gpu`` and ``instances``.
 
     Each instance gets ``role``, ``tensor_parallel_size``, ``pipeline_parallel_size``,
-    ``port`` and ``host`` (``node<k>`` for solver plans, which name nodes by index).
+    ``port``, ``host`` (``node<k>`` for solver plans, which name nodes by index) and
+    ``async_scheduling`` (true, false, or None for vLLM's default).
 
     Raises:
         ValueError: naming a missing or bad field.
@@ -63,11 +67,15 @@ def load_plan(path: str | Path) -> dict:
         if role not in KV_ROLE:
             raise ValueError(f"instances[{i}].role = {role!r}; use unified, prefill or decode")
         nodes = inst.get("nodes") or [inst.get("node", 0)]
+        async_sched = inst.get("async_scheduling")
+        if async_sched is not None and not isinstance(async_sched, bool):
+            raise ValueError(f"instances[{i}].async_scheduling = {async_sched!r}; use true, "
+                             f"false or leave it out (vLLM's default)")
         out["instances"].append({
             "role": role, "tensor_parallel_size": int(inst.get("tensor_parallel_size", 1)),
             "pipeline_parallel_size": int(inst.get("pipeline_parallel_size", 1)),
             "port": int(inst.get("port", 8100 + i)),
-            "host": inst.get("host") or f"node{nodes[0]}"})
+            "host": inst.get("host") or f"node{nodes[0]}", "async_scheduling": async_sched})
     return out
 
 
@@ -75,6 +83,14 @@ def _hf_id(model: str) -> str:
     from sim.catalog import get_model
 
     return get_model(model).hf_id
+
+
+def _async_flag(inst: dict) -> list[str]:
+    """``--[no-]async-scheduling`` when the plan sets it (else vLLM's default applies)."""
+    value = inst.get("async_scheduling")
+    if value is None:
+        return []
+    return ["--async-scheduling" if value else "--no-async-scheduling"]
 
 
 def vllm_commands(plan: dict, kv_for_unified: bool = True) -> list[tuple[str, dict, str]]:
@@ -86,7 +102,8 @@ def vllm_commands(plan: dict, kv_for_unified: bool = True) -> list[tuple[str, di
         slot[host] = k + 1
         args = ["vllm", "serve", plan["hf_id"], "--host", "0.0.0.0", "--port", str(inst["port"]),
                 "--tensor-parallel-size", str(inst["tensor_parallel_size"]),
-                "--pipeline-parallel-size", str(inst["pipeline_parallel_size"])]
+                "--pipeline-parallel-size", str(inst["pipeline_parallel_size"]),
+                *_async_flag(inst)]
         env = {}
         if role != "unified" or kv_for_unified:
             kv = {"kv_connector": "NixlConnector", "kv_role": KV_ROLE[role]}
@@ -175,7 +192,8 @@ def emulate(plan: dict, args: argparse.Namespace) -> int:
                       "--port", str(inst["port"]), "--model", plan["model"],
                       "--gpu", plan["gpu"], "--served-model-name", plan["hf_id"],
                       "--tensor-parallel-size", str(inst["tensor_parallel_size"]),
-                      "--pipeline-parallel-size", str(inst["pipeline_parallel_size"])], {}))
+                      "--pipeline-parallel-size", str(inst["pipeline_parallel_size"]),
+                      *_async_flag(inst)], {}))
     hosts = ["127.0.0.1"] * len(plan["instances"])
     ready = [f"http://127.0.0.1:{i['port']}/health" for i in plan["instances"]]
     cmds.append((router_command(plan, args, hosts), {}))

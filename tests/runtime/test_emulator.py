@@ -147,3 +147,17 @@ def post_get(url: str) -> dict:
 
     with urllib.request.urlopen(url) as r:
         return json.loads(r.read())
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], True),  # vLLM >= 0.14's default
+    (["--no-async-scheduling"], False),
+    (["--async-scheduling"], True),
+    (["--pipeline-parallel-size", "2"], False),  # vLLM's default is off with PP > 1
+    (["--pipeline-parallel-size", "2", "--async-scheduling"], True),
+])
+def test_async_scheduling_flags_follow_vllm_serve(flags, expected):
+    from runtime.emulator import Emulator, build_parser
+
+    emu = Emulator(build_parser().parse_args(["--num-gpu-blocks-override", "100", *flags]))
+    assert emu.async_scheduling is expected and emu.engine.async_scheduling is expected

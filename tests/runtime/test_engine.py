@@ -32,9 +32,9 @@ async def _drain(seq: Seq) -> list[tuple]:
             return out
 
 
-def run(coro_fn):
+def run(coro_fn, **engine_kw):
     async def main():
-        eng = make_engine()
+        eng = make_engine(**engine_kw)
         task = asyncio.create_task(eng.run())
         try:
             return await coro_fn(eng)
@@ -43,8 +43,10 @@ def run(coro_fn):
     return asyncio.run(main())
 
 
-def test_arrival_to_an_idle_engine_starts_at_once():
-    """No tick: the first iteration starts when the request arrives (as the simulator)."""
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_arrival_to_an_idle_engine_starts_at_once(async_scheduling):
+    """No tick: the first iteration starts when the request arrives (as the simulator), with
+    or without async scheduling."""
     async def body(eng):
         await asyncio.sleep(0.05)  # the engine is parked, idle
         loop = asyncio.get_running_loop()
@@ -52,7 +54,7 @@ def test_arrival_to_an_idle_engine_starts_at_once():
         eng.submit(s)
         await _drain(s)
         return s
-    s = run(body)
+    s = run(body, async_scheduling=async_scheduling)
     # a tick-driven loop would start it only at its next tick; the iteration starts at the
     # submission (the simulator's arrival), unless the loop stalled longer than the
     # catch-up (then when the engine got control; the bound is generous)
@@ -61,23 +63,57 @@ def test_arrival_to_an_idle_engine_starts_at_once():
     assert s.arrival_s <= s.ready_s < s.first_token_s
 
 
+async def _b_during_a(eng, a_prompt: int, a_outputs: int) -> tuple[Seq, Seq]:
+    """``a`` alone on an idle engine, ``b`` submitted 10 ms into a's first iteration."""
+    loop = asyncio.get_running_loop()
+    a = Seq("a", a_prompt, a_outputs, loop.time())  # a long prefill iteration (~0.1 s)
+    eng.submit(a)
+    await asyncio.sleep(0)  # the engine starts a's iteration
+    await asyncio.sleep(0.01)
+    assert a.first_scheduled_s >= 0 and a.first_token_s < 0  # still in the iteration
+    b = Seq("b", 50, 2, loop.time())
+    eng.submit(b)
+    await asyncio.gather(_drain(a), _drain(b))
+    return a, b
+
+
 def test_arrival_during_an_iteration_joins_the_next_one():
-    """vLLM V1: a request that arrives while an iteration runs waits for its end."""
+    """vLLM V1 without async scheduling: a request that arrives while an iteration runs waits
+    for its end."""
     async def body(eng):
-        loop = asyncio.get_running_loop()
-        a = Seq("a", 2000, 3, loop.time())  # a long prefill iteration (~0.1 s modelled)
-        eng.submit(a)
-        await asyncio.sleep(0)  # the engine starts a's iteration
-        await asyncio.sleep(0.01)
-        assert a.first_scheduled_s >= 0 and a.first_token_s < 0  # still in the iteration
-        b = Seq("b", 50, 2, loop.time())
-        eng.submit(b)
-        await asyncio.gather(_drain(a), _drain(b))
-        return eng, a, b
-    eng, a, b = run(body)
+        return eng, *await _b_during_a(eng, 2000, 3)
+    eng, a, b = run(body, async_scheduling=False)
     assert b.first_scheduled_s >= a.first_token_s  # not slipped into a's running iteration
     if eng.num_stalls == 0:  # back-to-back: the next iteration starts at the planned end
         assert b.first_scheduled_s == a.first_token_s
+
+
+def test_async_scheduling_arrival_at_a_busy_engine_starts_one_iteration_later():
+    """With async scheduling the iteration after a's prefill was planned while the prefill
+    ran: b (arrived during it) is not in it, a decodes alone, b joins the one after."""
+    async def body(eng):
+        return eng, *await _b_during_a(eng, 2000, 3)
+    eng, a, b = run(body, async_scheduling=True)
+    a_decode_s = BACKEND.iteration_time_s(0, 0, 0, 0, 0, 1, 2000 + 1)
+    assert b.first_scheduled_s > a.first_token_s
+    if eng.num_stalls == 0:
+        assert b.first_scheduled_s == pytest.approx(a.first_token_s + a_decode_s, abs=1e-9)
+
+
+def test_async_scheduling_an_empty_next_iteration_means_idle():
+    """a's only iteration (prefill, 1 output) ends with nothing running: the plan made during
+    it would be empty, so the engine idles and admits b (arrived during it) at once."""
+    async def body(eng):
+        return eng, *await _b_during_a(eng, 2000, 1)
+    eng, a, b = run(body, async_scheduling=True)
+    assert b.first_scheduled_s >= a.first_token_s
+    if eng.num_stalls == 0:
+        assert b.first_scheduled_s == a.first_token_s
+
+
+def test_async_scheduling_must_be_a_bool():
+    with pytest.raises(ValueError, match="async_scheduling"):
+        make_engine(async_scheduling="yes")
 
 
 def test_iterations_end_at_absolute_planned_times():

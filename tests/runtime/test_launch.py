@@ -54,3 +54,20 @@ def test_emulate_starts_cluster_and_router_with_one_command(tmp_path):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", inst["port"]))
             s.listen()
+
+
+def test_async_scheduling_in_a_plan_becomes_vllms_flag(tmp_path):
+    import pytest
+
+    plan = {**PLAN, "instances": [{**PLAN["instances"][0], "async_scheduling": False},
+                                  {**PLAN["instances"][1], "async_scheduling": True},
+                                  PLAN["instances"][2]]}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    cmds = [c for _, _, c in vllm_commands(load_plan(path))]
+    assert "--no-async-scheduling" in cmds[0] and " --async-scheduling" in cmds[1]
+    assert "async-scheduling" not in cmds[2]  # unset: vLLM's default
+    plan["instances"][0]["async_scheduling"] = "yes"
+    path.write_text(yaml.safe_dump(plan))
+    with pytest.raises(ValueError, match=r"instances\[0\]\.async_scheduling"):
+        load_plan(path)
