@@ -59,6 +59,8 @@ def dense_layer_time_s(
         ``{"gemm", "moe", "elementwise", "allreduce"}`` -> ``(n,)`` seconds.
     """
     m = np.asarray(m, dtype=np.float64)
+    if intra_node_bytes_per_s is None:
+        kp = pcie_collectives(kp, gpu)
     h = model.hidden_size
     b = model.dtype_bytes
     qkv_n = (model.q_size + 2 * model.kv_size) / tp
@@ -113,8 +115,11 @@ def dense_layer_time_s(
         link = gpu.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
     ar = 2 * kernels.allreduce_time_s(mh, tp, link, graph_collectives(kp, engine, inter),
                                       inter_node=inter)
-    # vLLM's custom all-reduce needs NVLink; on PCIe-only GPUs it is off for > 2 GPUs and
-    # needs P2P for 2 (the real 2 x RTX PRO 6000 run matches NCCL timing, so: NVLink only)
+    # vLLM's custom all-reduce: on with NVLink; on PCIe-only GPUs off for > 2 GPUs, and for 2
+    # only when peer-to-peer access works (vllm custom_all_reduce.py). Modelled on NVLink only:
+    # the one PCIe host measured here (2 x RTX PRO 6000, whose real runs these replay) moves
+    # collectives at ~16 GB/s, the rate of NCCL through host memory, i.e. without P2P, where
+    # vLLM disables its custom all-reduce (see ``KernelParams.allreduce_pcie_eff``)
     custom_ok = gpu.nvlink_bytes_per_s > 0
     if (engine is not None and engine.custom_allreduce_latency_s > 0 and tp > 1 and not inter
             and custom_ok):
@@ -122,6 +127,18 @@ def dense_layer_time_s(
         custom = 2 * (engine.custom_allreduce_latency_s + bus)
         ar = np.where(mh <= engine.custom_allreduce_max_bytes, np.minimum(ar, custom), ar)
     return {"gemm": gemm, "moe": moe, "elementwise": elem, "allreduce": ar}
+
+
+def pcie_collectives(kp: KernelParams, gpu: GpuSpec) -> KernelParams:
+    """Kernel parameters for collectives among GPUs of one node, by the link they use.
+
+    GPUs without NVLink exchange over PCIe (``gpu.intra_node_bytes_per_s`` is then the PCIe
+    rate); their collective efficiency is ``allreduce_pcie_eff`` when the calibration sets one,
+    since the DGX profiles behind ``allreduce_intra_eff`` were taken over NVLink.
+    """
+    if gpu.nvlink_bytes_per_s > 0 or kp.allreduce_pcie_eff <= 0:
+        return kp
+    return dataclasses.replace(kp, allreduce_intra_eff=kp.allreduce_pcie_eff)
 
 
 def graph_collectives(kp: KernelParams, engine: EngineParams | None,
@@ -210,7 +227,8 @@ class AnalyticBackend(LatencyBackend):
             tp_link = (g.network_bytes_per_s * tp_gpus_per_node**kp.allreduce_inter_nic_exponent
                        if inter else g.intra_node_bytes_per_s)
             head += kernels.allreduce_time_s(seqs * m.vocab_size * 4 / tp, tp, tp_link,
-                                             graph_collectives(kp, self.engine, inter),
+                                             graph_collectives(pcie_collectives(kp, g),
+                                                               self.engine, inter),
                                              inter_node=inter)
         eng = self.engine
         self._head = head + eng.fixed_s + eng.per_seq_s * seqs

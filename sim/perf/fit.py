@@ -29,6 +29,7 @@ from sim.catalog import CONF_DIR, get_gpu, get_model
 from sim.perf import kernels
 from sim.perf.measurements import (
     DEVICE_GPU,
+    PCIE_ALLREDUCE_RTXPRO6000_2GPU,
     default_data_root,
     elementwise_points,
     gemm_points,
@@ -322,6 +323,30 @@ def fit_gddr_no_ecc(rows: pd.DataFrame, a40: KernelParams,
     return float(_solve(residual, [1.0], [0.7], [1.4])[0])
 
 
+def fit_pcie_allreduce(samples, kp: KernelParams, gpu: str = "RTX-PRO-6000",
+                       engine: EngineParams | str = "vllm_v1") -> float:
+    """Bus-bandwidth efficiency of all-reduce between GPUs without NVLink (over PCIe).
+
+    ``samples``: ``(bytes, microseconds)`` of graph-captured two-GPU all-reduces
+    (:data:`~sim.perf.measurements.PCIE_ALLREDUCE_RTXPRO6000_2GPU`). The latency stays the
+    engine's graphed one; only the efficiency on ``gpu``'s PCIe rate is fitted, with the
+    same robust loss on relative error as the other fits.
+    """
+    from sim.perf.analytic import graph_collectives
+    from sim.perf.params import load_engine_params
+
+    eng = load_engine_params(engine) if isinstance(engine, str) else engine
+    size = np.array([s[0] for s in samples], dtype=np.float64)
+    y = np.array([s[1] for s in samples], dtype=np.float64) * 1e-6
+    link = get_gpu(gpu).pcie_bytes_per_s
+
+    def residual(v):
+        kpp = graph_collectives(dataclasses.replace(kp, allreduce_intra_eff=float(v[0])), eng)
+        return np.log(kernels.allreduce_time_s(size, 2, link, kpp) / y)
+
+    return float(_solve(residual, [0.5], [0.01], [1.5])[0])
+
+
 def gddr_no_ecc_rows(data_root: Path) -> pd.DataFrame:
     """Single-GPU drain iterations of the real runs on GPUs calibrated as ``gddr_no_ecc``."""
     from sim.perf.measurements import load_vllm_drain_iterations
@@ -392,11 +417,14 @@ def fit_all(data_root: Path) -> tuple[dict[str, KernelParams], EngineParams]:
     gddr = gddr_no_ecc_rows(data_root)
     factor = fit_gddr_no_ecc(gddr, results["a40"])
     runs = ", ".join(sorted(gddr.run.unique()))
+    pcie = fit_pcie_allreduce(PCIE_ALLREDUCE_RTXPRO6000_2GPU, results["a40"])
     results[GDDR_NO_ECC] = dataclasses.replace(
-        scale_memory(results["a40"], factor),
+        scale_memory(results["a40"], factor), allreduce_pcie_eff=pcie,
         fitted_on=f"a40 with its streaming efficiencies x {factor:.4f}, fitted by `python -m "
         f"sim.perf.fit` to the decode iterations after the last admission of the real vLLM "
-        f"V1 runs {runs} (engine vllm_v1)",
+        f"V1 runs {runs} (engine vllm_v1); allreduce_pcie_eff fitted to LLMServingSim's "
+        f"graphed 2 x RTX PRO 6000 PCIe all-reduce profile (measurements."
+        f"PCIE_ALLREDUCE_RTXPRO6000_2GPU)",
     )
     sw = load_splitwise(data_root)
     sw_fit = sw[(sw.gpu != HELD_OUT_SPLITWISE_GPU) & sw.gpu.notna()]

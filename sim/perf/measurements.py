@@ -443,3 +443,18 @@ def load_vllm_drain_iterations(data_root: Path, bin_s: float = 2.0,
                 "measured_s": 1.0 / rate[i],
             })
     return pd.DataFrame(rows)
+
+
+PCIE_ALLREDUCE_RTXPRO6000_2GPU = (
+    (10240, 16.24), (40960, 17.5), (139264, 22.78), (327680, 30.6), (557056, 42.64),
+    (1114112, 78.36), (1310720, 90.59), (2228224, 148.95), (5242880, 335.41),
+    (8912896, 566.73), (16777216, 1051.83), (20971520, 1309.13),
+)
+"""``(bytes, microseconds)`` of a bf16 NCCL all-reduce between two RTX PRO 6000 Blackwell
+Server Edition GPUs over PCIe Gen5 x16 (no NVLink), replayed from a CUDA graph: LLMServingSim's
+hardware profile ``profiler/perf/RTXPRO6000/hardware.yaml`` at commit e08dc38 (written
+2026-09-08, vLLM's PyNcclCommunicator, MIT licence, CASYS Lab at KAIST), the profile whose
+fitted 15.92 GB/s link their simulator uses to replay the real runs in ``vllm_runs``. The same
+pair re-measured later with ACS and the IOMMU disabled (``hardware.yaml`` of 2026-10-02)
+reaches ~35 GB/s at 8 MiB: 16 GB/s is a host whose GPUs do not reach each other directly
+(NCCL stages through host memory), 35 GB/s one with PCIe peer-to-peer."""

@@ -94,6 +94,11 @@ class KernelParams:
     """Send/recv bandwidth efficiency inside a node."""
     p2p_inter_eff: float
     """Send/recv bandwidth efficiency across nodes."""
+    allreduce_pcie_eff: float = 0.0
+    """Collective bus-bandwidth efficiency between GPUs of one node that have no NVLink (the
+    path goes over PCIe: peer-to-peer when the host allows it, else through host memory),
+    fraction of ``pcie_bandwidth_gb_per_s``; 0 = ``allreduce_intra_eff``. Tensor-parallel
+    all-reduces and expert-parallel dispatch of such GPUs use it."""
     fitted_on: str = ""
     """How these numbers were obtained (data, held-out part, command)."""
 
@@ -131,6 +136,9 @@ class KernelParams:
         for name in ("gemm_blend_power", "attn_prefill_blend_power"):
             if getattr(self, name) < 1.0:
                 raise CatalogError(f"field {name!r} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.allreduce_pcie_eff <= 1.5:
+            raise CatalogError("field 'allreduce_pcie_eff' must be in [0, 1.5], got "
+                               f"{self.allreduce_pcie_eff}")
         if not 0.0 <= self.allreduce_inter_nic_exponent <= 1.0:
             raise CatalogError("field 'allreduce_inter_nic_exponent' must be in [0, 1], got "
                                f"{self.allreduce_inter_nic_exponent}")

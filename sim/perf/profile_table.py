@@ -99,9 +99,10 @@ class ProfileTableBackend(AnalyticBackend):
         size = m * self.model.hidden_size * self.model.dtype_bytes
         if table is None:
             from sim.perf import kernels
+            from sim.perf.analytic import pcie_collectives
 
             return 2 * kernels.allreduce_time_s(size, self.tp, self.gpu.intra_node_bytes_per_s,
-                                                self.kp)
+                                                pcie_collectives(self.kp, self.gpu))
         d = pd.read_csv(table)
         d = d[(d.num_workers == self.tp) & (d.devices_per_node == self.tp)]
         if d.empty:

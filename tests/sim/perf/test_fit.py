@@ -259,3 +259,29 @@ def test_gddr_cards_use_the_no_ecc_calibration_and_ecc_cards_the_a40_one():
         assert get_gpu(name).calibration == fit.GDDR_NO_ECC
     for name in ("A40", "L40S", "L4", "A10G"):
         assert get_gpu(name).calibration == "a40"
+
+
+def test_fit_pcie_allreduce_recovers_a_known_efficiency():
+    from sim.perf.analytic import graph_collectives
+
+    a40 = load_kernel_params("a40")
+    eng = load_engine_params("vllm_v1")
+    truth = graph_collectives(dataclasses.replace(a40, allreduce_intra_eff=0.27), eng)
+    link = get_gpu("RTX-PRO-6000").pcie_bytes_per_s
+    sizes = np.array([1e4, 1e5, 1e6, 1e7])
+    us = kernels.allreduce_time_s(sizes, 2, link, truth) * 1e6
+    got = fit.fit_pcie_allreduce(list(zip(sizes, us, strict=True)), a40)
+    assert got == pytest.approx(0.27, rel=1e-4)
+
+
+def test_pcie_collectives_only_for_gpus_without_nvlink():
+    from sim.perf.measurements import PCIE_ALLREDUCE_RTXPRO6000_2GPU
+
+    gddr = load_kernel_params("gddr_no_ecc")
+    assert gddr.allreduce_pcie_eff == pytest.approx(
+        fit.fit_pcie_allreduce(PCIE_ALLREDUCE_RTXPRO6000_2GPU, load_kernel_params("a40")),
+        rel=1e-5)
+    # the measured host moves ~16 GB/s: a quarter of PCIe Gen5 x16
+    assert 0.2 < gddr.allreduce_pcie_eff < 0.3
+    for key in ("a100", "h100", "a40"):
+        assert load_kernel_params(key).allreduce_pcie_eff == 0.0
