@@ -6,7 +6,9 @@
    instance (TP1) on A100-80GB, 10,000 ShareGPT-like requests (the shipped length fixture, or
    DistServe's own ``sharegpt_lengths.csv`` with ``--sharegpt PATH``), Poisson arrivals at 3,
    4.5 and 6 req/s, DistServe's router; wall time includes building the per-request records
-   and the summary. Rows longer than OPT-13B's 2,048-token context are left out first
+   and the summary. Both instances run with ``async_scheduling=False`` (DistServe's engine
+   plans an iteration only after the previous one ends), whatever the instance default is.
+   Rows longer than OPT-13B's 2,048-token context are left out first
    (DistServe's table already is; the fixture follows the 8k-filtered ShareGPT statistics,
    mean prompt ~2,300 tokens, so its remaining rows are heavier than DistServe's mean of
    ~770: quote DistServe's own table when comparing with its simulator). The issue's
@@ -91,8 +93,10 @@ def distserve_reference(table: np.ndarray, repeats: int, num_requests: int = 10_
               f"OPT-13B's {model.max_position_embeddings}-token context and are left out "
               "(as in DistServe's dataset)")
     table = fitted
-    cluster = ClusterConfig(instances=[InstanceConfig(role="prefill", tensor_parallel_size=2),
-                                       InstanceConfig(role="decode")])
+    # DistServe's engine is synchronous: async scheduling off whatever vLLM's default is
+    cluster = ClusterConfig(instances=[InstanceConfig(role="prefill", tensor_parallel_size=2,
+                                                      async_scheduling=False),
+                                       InstanceConfig(role="decode", async_scheduling=False)])
     print(f"DistServe reference: OPT-13B, prefill TP2 + decode TP1, {num_requests:,} requests")
     print(f"{'rate':>6} {'wall s':>8} {'cpu s':>7} {'events/s':>10} {'req/s':>9} "
           f"{'completed':>9} {'vs 27 s':>8}")  # 27 s: DistServe's simulator, 10k requests

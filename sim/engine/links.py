@@ -41,11 +41,17 @@ class Link:
 
     def next_done(self) -> tuple[float, object] | None:
         """``(time, key)`` of the next transfer to finish, or None when idle."""
-        if not self.remaining:
+        rem = self.remaining
+        n = len(rem)
+        if n == 1:  # the usual case: no need to search
+            ((key, left),) = rem.items()
+        elif n:
+            key = min(rem, key=rem.__getitem__)
+            left = rem[key]
+        else:
             return None
-        key = min(self.remaining, key=self.remaining.__getitem__)
-        rate = self.bandwidth_bytes_per_s / len(self.remaining)
-        return self.last_s + max(self.remaining[key], 0.0) / rate, key
+        rate = self.bandwidth_bytes_per_s / n
+        return self.last_s + max(left, 0.0) / rate, key
 
     def pop(self, key: object, now_s: float) -> None:
         """Finish transfer ``key`` at ``now_s``."""

@@ -61,6 +61,9 @@ _QUEUED = attrgetter("queued_prefill_tokens")
 _TRANSFERS_IN = attrgetter("num_transfers_in")
 _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
+RUNNING = RequestStatus.RUNNING
+_decode_line = tuple.__new__
+"""``_decode_line(DecodeLine, t)``: a DecodeLine from a backend's 4-tuple (no argument parsing)."""
 
 
 class EventKind(IntEnum):
@@ -150,6 +153,7 @@ class Simulator:
         self._view_static: dict = {}
         """Per-role answers cached by the views (roles and KV totals never change)."""
         self._block_size = insts[0].kv.block_size
+        self._kv_bytes_per_token = model.kv_bytes_per_token
         self._dirty: set[int] = set()
         self._idle_check = False
         """Whether an event ran since the event heap last emptied (hand-over cycle check)."""
@@ -215,34 +219,26 @@ class Simulator:
             raise RuntimeError("route() the pending arrival before asking for the next one")
         heap = self._heap
         arrivals = self._arrivals
-        n = len(arrivals)
         limit = self.cfg.time_limit_s or INF
         dirty = self._dirty
         ops = self._ops
         insts = self.instances
         heappop = heapq.heappop
+        on_stop = self._on_stop
+        # the next arrival's time is fixed until this call returns it
+        t_arr = arrivals[self._cursor] if self._cursor < len(arrivals) else INF
         while True:
             t_heap = heap[0][0] if heap else INF
-            t_arr = arrivals[self._cursor] if self._cursor < n else INF
-            t_next = t_heap if t_heap <= t_arr else t_arr
-            if dirty and t_next > self.now_s:
+            if dirty and (t_heap if t_heap <= t_arr else t_arr) > self.now_s:
+                # every event and arrival of this instant is in: schedule what changed
                 self._schedule_dirty()
                 continue
-            if not heap and self._idle_check:
-                # Nothing in flight anywhere: no block will be freed before the next arrival.
-                # An idle instance holding KV for another Follow while it cannot pull its own
-                # hand-ins is then stuck for good (a hand-over cycle): start it, so it keeps
-                # one of its shares (_cancel_stuck_handover). Checked once per idle spell.
-                self._idle_check = False
-                stuck = [inst.index for inst in self.instances
-                         if not inst.busy and inst.pending_kv and inst.awaiting_out]
-                if stuck:
-                    dirty.update(stuck)
-                    continue
-            if t_next == INF or t_next > limit:
-                self._finish(limit)
-                return None
+            if not heap and self._idle_check and self._mark_stuck_handovers():
+                continue
             if t_heap <= t_arr:  # the next event (same as _pop_event, inlined)
+                if t_heap == INF or t_heap > limit:
+                    self._finish(limit)
+                    return None
                 t, kind, _, a, b = heappop(heap)
                 self.now_s = t
                 self.num_events += 1
@@ -267,15 +263,32 @@ class Simulator:
                             self.num_iterations += k
                             op.line = None
                         for r in stopped:
-                            self._on_stop(inst, r, t)
+                            on_stop(inst, r, t)
                         dirty.add(a)
                 else:
                     self._on_transfer_end(a, b)
                 if self._check:
                     self.check_invariants()
                 continue
+            if t_arr == INF or t_arr > limit:
+                self._finish(limit)
+                return None
             self.now_s = t_arr
             return self._admit_arrival()
+
+    def _mark_stuck_handovers(self) -> bool:
+        """Nothing is in flight anywhere: mark instances stuck in a hand-over cycle dirty.
+
+        No block will be freed before the next arrival then. An idle instance holding KV for
+        another Follow while it cannot pull its own hand-ins is stuck for good (a hand-over
+        cycle): starting it makes it keep one of its shares (_cancel_stuck_handover). Checked
+        once per idle spell; returns whether any instance was marked.
+        """
+        self._idle_check = False
+        stuck = [inst.index for inst in self.instances
+                 if not inst.busy and inst.pending_kv and inst.awaiting_out]
+        self._dirty.update(stuck)
+        return bool(stuck)
 
     def view(self) -> ClusterView:
         """Snapshot of per-instance load now (arrays of shape ``(n_instances,)``, lazy)."""
@@ -499,45 +512,60 @@ class Simulator:
                 self._start(idx)
 
     def _start(self, idx: int) -> None:
+        """Start instance ``idx``'s next iteration or decode run (it is idle)."""
         inst = self.instances[idx]
         op = self._ops[idx]
-        now = self.now_s
-        ready_by = INF
-        if self._async[idx] and op.version and op.end_s == now:
+        if self._async[idx] and op.version and op.end_s == self.now_s:
             # async scheduling, the instance was busy until now: this iteration was planned
             # while the last one ran, so it sees only what was ready when that one started
-            ready_by = op.last_start_s
+            self._start_planned_ahead(idx, op.last_start_s)
+            return
         ready = inst.ready_kv
         if ready:
-            if ready_by == INF:
-                for r in ready:
-                    r.status = RequestStatus.RUNNING
-                    inst.add_running(r)
-                inst.num_transfers_in -= len(ready)
-                ready.clear()
-            else:
-                self._join_ready(inst, ready_by)
+            for r in ready:
+                r.status = RUNNING
+                inst.add_running(r)
+            inst.num_transfers_in -= len(ready)
+            ready.clear()
+        pending = inst.pending_kv
+        # (the test _try_pull starts with, for an idle instance: a free slot and the blocks)
+        if pending and (len(inst._batch) + len(inst._tail) + inst.num_transfers_in
+                        < inst.cfg.max_num_seqs) and (
+                -(-pending[0].num_computed_tokens // inst._bs)
+                <= inst.kv.num_blocks - inst.kv.num_used):
+            self._try_pull(inst)
+        if self._ff and inst._batch and not inst._tail:
+            k = inst.plan_decode_run(RUN_LIMIT)
+            if k:
+                self._begin_run(idx, inst, op, k)
+                return
+        plan = inst.schedule()
+        if plan is None:
+            if not self._cancel_stuck_handover(inst):
+                return
+            plan = inst.schedule()
+            if plan is None:
+                return
+        self._begin_iteration(idx, inst, op, plan)
+
+    def _start_planned_ahead(self, idx: int, ready_by: float) -> None:
+        """:meth:`_start` of an async-scheduling instance whose last iteration ends now.
+
+        Hand-ins that landed and requests that arrived after ``ready_by`` (the start of the
+        iteration that just ended) are deferred to the iteration after this one.
+        """
+        inst = self.instances[idx]
+        op = self._ops[idx]
+        ready = inst.ready_kv
+        if ready:
+            self._join_ready(inst, ready_by)
         if inst.pending_kv:
             self._try_pull(inst)
-        deferred = ready_by < INF and bool(
-            ready or (inst.waiting and inst.waiting[-1].arrival_s > ready_by))
+        deferred = bool(ready or (inst.waiting and inst.waiting[-1].arrival_s > ready_by))
         if self._ff and inst._batch and not inst._tail and not deferred:
             k = inst.plan_decode_run(RUN_LIMIT)
             if k:
-                line = DecodeLine(*self.backends[idx].decode_line(inst._run_seqs,
-                                                                  inst.run_ctx_tokens))
-                op.plan = None
-                op.line = line
-                op.k_planned = op.k_done = k
-                op.start_s = now
-                op.end_s = end = now + cum_time_s(line, k)
-                if self._async[idx]:
-                    op.last_start_s = now + cum_time_s(line, k - 1)
-                op.step_s = line.a_s + line.const_s
-                inst.busy = True
-                op.version = v = op.version + 1
-                heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
-                self.num_runs += 1
+                self._begin_run(idx, inst, op, k)
                 return
         plan = inst.schedule(ready_by) if deferred else inst.schedule()
         if plan is None and deferred:
@@ -551,6 +579,29 @@ class Simulator:
             plan = inst.schedule()
             if plan is None:
                 return
+        self._begin_iteration(idx, inst, op, plan)
+
+    def _begin_run(self, idx: int, inst: Instance, op: _Op, k: int) -> None:
+        """Start the decode run of ``k`` iterations that ``inst`` just planned."""
+        now = self.now_s
+        line = _decode_line(DecodeLine, self.backends[idx].decode_line(inst._run_seqs,
+                                                                      inst.run_ctx_tokens))
+        op.plan = None
+        op.line = line
+        op.k_planned = op.k_done = k
+        op.start_s = now
+        op.end_s = end = now + cum_time_s(line, k)
+        if self._async[idx]:
+            op.last_start_s = now + cum_time_s(line, k - 1)
+        op.step_s = line.a_s + line.const_s
+        inst.busy = True
+        op.version = v = op.version + 1
+        heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
+        self.num_runs += 1
+
+    def _begin_iteration(self, idx: int, inst: Instance, op: _Op, plan) -> None:
+        """Start one planned iteration of ``inst``."""
+        now = self.now_s
         for r in plan.reqs:
             if r.first_scheduled_s < 0:
                 r.first_scheduled_s = now
@@ -654,7 +705,7 @@ class Simulator:
             r.status = RequestStatus.TRANSFERRING
             r.transfer_start_s = self.now_s
             link = self._link(r.lead, r.follow)
-            link.add(r, r.num_computed_tokens * self.model.kv_bytes_per_token, self.now_s)
+            link.add(r, r.num_computed_tokens * self._kv_bytes_per_token, self.now_s)
             self._push_link(link)
 
     def _cancel_stuck_handover(self, inst: Instance) -> bool:

@@ -21,7 +21,7 @@ recomputes little.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from itertools import accumulate, islice
 
 import numpy as np
@@ -129,12 +129,14 @@ class KVCache:
             self.version += 1
             bph = self.blocks_per_hash
             refs = self._refs
-            popitem = self._lru.popitem
             if bph == 1:  # every entry is one block: evict exactly the shortfall
-                for _ in range(n - empty):
-                    del refs[popitem(False)[0]]
+                lru = self._lru
+                gone = list(islice(lru, n - empty))  # the least recently used entries
+                deque(map(lru.__delitem__, gone), 0)  # (C loops, no Python per entry)
+                deque(map(refs.__delitem__, gone), 0)
                 self.num_evictable -= n - empty
             else:
+                popitem = self._lru.popitem
                 while n > empty:
                     h = popitem(False)[0]
                     del refs[h]

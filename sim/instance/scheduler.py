@@ -38,6 +38,8 @@ from sim.instance.kv import KVCache, self_keys
 from sim.instance.request import Request, RequestStatus
 
 INF = float("inf")
+_NO_HIT = ((), 0, 0)
+"""A prefix match that found nothing: ``(keys, hit_tokens, evictable_blocks)``."""
 
 
 @dataclass(slots=True)
@@ -277,7 +279,8 @@ class Instance:
                 self._unbatch()  # the budget cuts the batch: schedule member by member
             else:
                 budget = self._schedule_batch(plan, budget)
-        budget = self._schedule_running(plan, budget)
+        if self._tail:
+            budget = self._schedule_running(plan, budget)
         if not plan.num_preempted:
             self._schedule_waiting(plan, budget, ready_by)
         return plan if plan.reqs or plan.batch_seqs else None
@@ -412,9 +415,10 @@ class Instance:
             tokens they cover, and how many of their blocks are evictable now (taking those
             uses free blocks).
         """
-        if r.num_computed_tokens or r.num_blocks:
-            return (), 0, 0
         kv = self.kv
+        if (r.num_computed_tokens or r.num_blocks or not kv.enable_prefix_caching
+                or (r.hashes is None and not r.num_preemptions)):
+            return _NO_HIT  # nothing of it can be cached: no prompt hashes, no own blocks
         memo = self._hit_memo
         if (memo is not None and memo[0] is r and memo[1] == kv.version
                 and memo[2] == r.num_preemptions and memo[3] == r.num_output_tokens):
@@ -438,7 +442,7 @@ class Instance:
                 first += own
                 pinned += own  # a waiting request's own entries are unreferenced (evictable)
         if not keys:
-            return (), 0, 0
+            return _NO_HIT
         return keys, first * kv.block_size, pinned
 
     def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
