@@ -35,7 +35,10 @@ The table prints, per run, the relative error of each statistic, then the median
 runs and statistics per metric (all four statistics, and mean/p90/p99 only). One calibration
 is fitted on these runs (the streaming factor of ``conf/calibration/gddr_no_ecc.yaml``, on the
 single-GPU runs' decode iterations), so the same table follows with every run replayed under
-that factor refitted without it (leave-one-out; ``--no-loo`` skips it).
+that factor refitted without it (leave-one-out; ``--no-loo`` skips it). The multi-GPU runs'
+collectives (TP all-reduce, EP all-gather / reduce-scatter) use the calibration's
+``allreduce_pcie_eff``, fitted to a two-GPU NCCL microbenchmark of the same card
+(:data:`sim.perf.measurements.PCIE_ALLREDUCE_RTXPRO6000_2GPU`), not to these runs.
 """
 
 from __future__ import annotations
