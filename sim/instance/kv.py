@@ -23,6 +23,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from itertools import accumulate, islice
+from operator import neg
 
 import numpy as np
 
@@ -93,7 +94,9 @@ class KVCache:
         self._refs: dict[int, int] = {}
         self._lru: OrderedDict[int, int] = OrderedDict()
         """Unreferenced entries, least recently used first -> insertion stamp (increasing
-        along the order, so every entry evicted so far has a stamp below the first one's)."""
+        along the order, so every entry evicted so far has a stamp below the first one's).
+        (An OrderedDict, not a dict: evicting from the front of a dict leaves holes that
+        every later look at its front scans.)"""
         self._stamp = 0
         """Stamp of the next insertion into ``_lru``."""
         self._keep_memo: tuple | None = None
@@ -202,12 +205,25 @@ class KVCache:
             return list(map(refs.__getitem__, hashes)).count(0)
         return sum((bph if key >= 0 else 1) for key in hashes if refs[key] == 0)
 
+    def _forget_own_memo_of(self, hashes: tuple) -> None:
+        """Drop the own-block match memo if ``hashes`` holds own entries of its request.
+
+        Keys of one request's prefix (acquire/release) are its prompt hashes followed by its
+        own block keys, so only the last key can tell. Other entries that are taken or
+        released keep the memo exact: it infers evictions from the stamp at the LRU front,
+        and taking an entry out of the LRU or appending one moves the front only past
+        entries that are not the memoised request's.
+        """
+        if hashes and hashes[-1] < 0 and (-hashes[-1] - 1) >> 24 == self._own_memo[0]:
+            self._own_memo = None
+
     def acquire(self, hashes: tuple) -> None:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
-        self._own_memo = None
+        if self._own_memo is not None:
+            self._forget_own_memo_of(hashes)
         moved = 0
         for key in hashes:
             rc = refs[key]
@@ -223,7 +239,8 @@ class KVCache:
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
-        self._own_memo = None
+        if self._own_memo is not None:
+            self._forget_own_memo_of(hashes)
         moved = 0
         stamp = self._stamp
         for key in reversed(hashes):  # free tails first, as vLLM does
@@ -260,7 +277,7 @@ class KVCache:
             return 0
         self.version += 1
         refs, lru = self._refs, self._lru
-        keys = self_keys(rid, first, last - first)[::-1]  # blocks last-1 .. first
+        keys = tuple(self_keys(rid, first, last - first)[::-1])  # blocks last-1 .. first
         memo = self._own_memo
         if memo is not None and memo[0] == rid:
             self._own_memo = None
@@ -299,15 +316,27 @@ class KVCache:
         key = -(rid << 24) - 1 - first  # self_key(rid, first + n) == key - n
         if key not in refs:
             return 0
-        present = list(map(refs.__contains__, range(key, key - limit, -1)))
+        # one pass over the LRU stamps: an entry that is resident but not in the LRU is
+        # referenced, which an own entry is not while its request waits (else: the long way)
+        stamps = list(map(lru.get, range(key, key - limit, -1)))
         try:
-            n = present.index(False)
+            n = stamps.index(None)
         except ValueError:
             n = limit
-        stamps = list(map(lru.get, range(key, key - n, -1)))
-        if None not in stamps:  # all unreferenced (the caller's request waits): memoise
-            self._own_memo = (rid, first, limit, [-m for m in accumulate(stamps, min)])
+        else:
+            if key - n in refs:
+                return self._match_own_blocks_referenced(key, limit)
+            del stamps[n:]
+        self._own_memo = (rid, first, limit, list(map(neg, accumulate(stamps, min))))
         return n
+
+    def _match_own_blocks_referenced(self, key: int, limit: int) -> int:
+        """:meth:`match_own_blocks` when some of the entries are referenced (no memo)."""
+        present = list(map(self._refs.__contains__, range(key, key - limit, -1)))
+        try:
+            return present.index(False)
+        except ValueError:
+            return limit
 
     def check(self) -> None:
         """Assert the block invariants (used in tests and debug runs)."""

@@ -140,6 +140,8 @@ class Instance:
         self._hit_memo: tuple | None = None
         """``(request, kv.version, preemptions, outputs, result)`` of the last prefix match
         (the queue's head is matched again and again while it waits)."""
+        self._own_keys_memo: tuple = (-1, 0, 0, ())
+        """``(rid, first, count, keys)`` of the last :meth:`_own_keys` answer."""
         self._head_keys: tuple = ()
         """Prefix-cache keys the waiting queue's head would reuse (from the last admission
         check); a decode run must not evict them."""
@@ -438,12 +440,25 @@ class Instance:
             limit = (r.num_tokens - 1) // kv.block_size - first  # recompute >= 1 token
             own = kv.match_own_blocks(r.rid, first, limit)
             if own:
-                keys += tuple(self_keys(r.rid, first, own))
+                keys += self._own_keys(r.rid, first, own)
                 first += own
                 pinned += own  # a waiting request's own entries are unreferenced (evictable)
         if not keys:
             return _NO_HIT
         return keys, first * kv.block_size, pinned
+
+    def _own_keys(self, rid: int, first: int, count: int) -> tuple:
+        """``tuple(self_keys(rid, first, count))``, the same tuple while the query repeats.
+
+        A waiting head is matched again and again; its own keys are built once (and the
+        same object keeps :meth:`KVCache.evictable_before`'s memo of the kept keys valid).
+        """
+        memo = self._own_keys_memo
+        if memo[0] == rid and memo[1] == first and memo[2] == count:
+            return memo[3]
+        keys = tuple(self_keys(rid, first, count))
+        self._own_keys_memo = (rid, first, count, keys)
+        return keys
 
     def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
         """Reference the cached prefix of an admitted request (skips its prefill)."""
