@@ -487,8 +487,8 @@ class Simulator:
             op.end_s = op.start_s + cum_time_s(op.line, done)
             if self._async[idx]:
                 op.last_start_s = op.start_s + cum_time_s(op.line, done - 1)
-            op.version += 1
-            self._push(op.end_s, ITERATION_END, idx, op.version)
+            op.version = v = op.version + 1
+            heapq.heappush(self._heap, (op.end_s, ITERATION_END, next(self._seq), idx, v))
         elif inst.run_owed_blocks:
             inst.shrink_decode_run(op.k_done, op.k_done)  # settle its evictions now
 
@@ -752,25 +752,36 @@ class Simulator:
         link = self._link_list[link_idx]
         if version != link.version:
             return
+        now = self.now_s
         _, r = link.next_done()
-        link.pop(r, self.now_s)
+        link.pop(r, now)
         lead, follow = self.instances[r.lead], self.instances[r.follow]
-        if lead.waiting or lead.run_owed_blocks or not lead.busy:
+        if not lead.busy:  # (_touch, inlined)
+            self._dirty.add(lead.index)
+        elif lead.waiting or lead.run_owed_blocks:
             # freed blocks may admit a waiting request; a decode run there also settles its
             # evictions before the release. With nothing waiting, a run goes on unchanged.
-            self._touch(r.lead)
+            self._cut(lead.index)
         lead.release_blocks(r)
         lead.num_transfers_out -= 1
-        r.num_blocks = follow.kv.blocks_for(r.num_computed_tokens)
+        r.num_blocks = -(-r.num_computed_tokens // follow._bs)
         r.stop_tokens = r.max_output_tokens
         r.instance = follow.index
-        r.transfer_end_s = self.now_s
-        self._touch(follow.index)  # before registering: a decode run there settles first
+        r.transfer_end_s = now
+        # before registering: a decode run there settles first
+        if follow.busy:
+            self._cut(follow.index)
+        else:
+            self._dirty.add(follow.index)
         if r.hashes is not None and follow.kv.enable_prefix_caching:
             follow.register_prefix(r)  # received prompt blocks are cached like computed ones
         follow.ready_kv.append(r)  # joins the batch when the instance next schedules
-        self._try_pull(lead)
-        self._push_link(link)
+        if lead.pending_kv:
+            self._try_pull(lead)
+        nd = link.next_done()  # (_push_link, inlined)
+        if nd is not None:
+            heapq.heappush(self._heap, (nd[0], TRANSFER_END, next(self._seq), link_idx,
+                                        link.version))
 
     # ---- end of run ----------------------------------------------------------------------------
     def _finish(self, limit: float) -> None:

@@ -134,9 +134,12 @@ class KVCache:
             refs = self._refs
             if bph == 1:  # every entry is one block: evict exactly the shortfall
                 lru = self._lru
-                gone = list(islice(lru, n - empty))  # the least recently used entries
-                deque(map(lru.__delitem__, gone), 0)  # (C loops, no Python per entry)
-                deque(map(refs.__delitem__, gone), 0)
+                if n - empty == 1:
+                    del refs[lru.popitem(False)[0]]
+                else:
+                    gone = list(islice(lru, n - empty))  # the least recently used entries
+                    deque(map(lru.__delitem__, gone), 0)  # (C loops, no Python per entry)
+                    deque(map(refs.__delitem__, gone), 0)
                 self.num_evictable -= n - empty
             else:
                 popitem = self._lru.popitem

@@ -687,7 +687,7 @@ class Instance:
                 return 0
             want = seqs * (k // bs) + crossing[k % bs]
         now = want if want <= empty else empty
-        kv.allocate(now)
+        kv.num_used += now  # (kv.allocate of empty blocks: nothing to evict)
         self.run_owed_blocks = want - now
         return k
     def _head_admissible(self, budget: int) -> bool:
