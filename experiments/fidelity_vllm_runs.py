@@ -193,18 +193,23 @@ def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
     """The GPU calibration of ``run`` refitted without that run's own measurements.
 
     Only the ``gddr_no_ecc`` streaming factor is fitted on these runs
-    (:func:`sim.perf.fit.fit_gddr_no_ecc`); runs whose measurements it does not use (other
-    calibrations, TP > 1, DP) get ``(None, None)``: the stored fit is already blind to them.
+    (:func:`sim.perf.fit.fit_gddr_no_ecc`; the RTX 4090's ``rtx_4090`` calibration shares it
+    and adds GEMM efficiencies fitted to an operator profile, not to the runs); runs whose
+    measurements it does not use (other calibrations, TP > 1, DP) get ``(None, None)``: the
+    stored fit is already blind to them.
     """
     gpu = get_gpu(GPU_NAMES[run.split("/")[0]])
-    if gpu.calibration != fit.GDDR_NO_ECC:
+    if gpu.calibration not in {fit.GDDR_NO_ECC, *fit.CARD_GEMM_CALIBRATIONS}:
         return None, None
     rows = fit.gddr_no_ecc_rows(data_root)
     if run not in set(rows.run):
         return None, None
     a40 = load_kernel_params("a40")
-    factor = fit.fit_gddr_no_ecc(rows[rows.run != run], a40, engine)
-    return fit.scale_memory(a40, factor), factor
+    card_gemm = fit.fit_card_gemm(a40)
+    factor = fit.fit_gddr_no_ecc(rows[rows.run != run], a40, engine, card_gemm)
+    stored = load_kernel_params(gpu.calibration)
+    kps = fit.gddr_calibrations(a40, factor, stored.allreduce_pcie_eff, card_gemm)
+    return kps[gpu.calibration], factor
 
 
 def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",

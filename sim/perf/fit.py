@@ -288,8 +288,13 @@ def scale_memory(base: KernelParams, factor: float) -> KernelParams:
 
 
 def drain_predictions(rows: pd.DataFrame, kp: KernelParams,
-                      engine: EngineParams | str = "vllm_v1") -> np.ndarray:
-    """Predicted decode iteration seconds for :func:`load_vllm_drain_iterations` rows."""
+                      engine: EngineParams | str = "vllm_v1",
+                      card_gemm: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+    """Predicted decode iteration seconds for :func:`load_vllm_drain_iterations` rows.
+
+    ``card_gemm`` maps a GPU name to GEMM fields that replace ``kp``'s for that card (its own
+    calibration, :data:`CARD_GEMM_CALIBRATIONS`).
+    """
     from sim.perf.analytic import AnalyticBackend
 
     out = np.empty(len(rows))
@@ -297,7 +302,10 @@ def drain_predictions(rows: pd.DataFrame, kp: KernelParams,
     for i, r in enumerate(rows.itertuples()):
         key = (r.model, r.gpu, r.tp)
         if key not in cache:
-            cache[key] = AnalyticBackend(r.model, r.gpu, tp=int(r.tp), kernel_params=kp,
+            kpp = kp
+            if card_gemm and r.gpu in card_gemm:
+                kpp = dataclasses.replace(kp, **card_gemm[r.gpu])
+            cache[key] = AnalyticBackend(r.model, r.gpu, tp=int(r.tp), kernel_params=kpp,
                                          engine=engine)
         out[i] = cache[key].iteration_time_s(0, 0, 0, 0, 0, int(r.batch_size),
                                              int(r.ctx_tokens))
@@ -305,7 +313,8 @@ def drain_predictions(rows: pd.DataFrame, kp: KernelParams,
 
 
 def fit_gddr_no_ecc(rows: pd.DataFrame, a40: KernelParams,
-                    engine: EngineParams | str = "vllm_v1") -> float:
+                    engine: EngineParams | str = "vllm_v1",
+                    card_gemm: dict[str, dict[str, float]] | None = None) -> float:
     """Streaming-efficiency factor of GDDR without inline ECC relative to the A40 fit.
 
     The A40 profiles were taken with ECC on: its GDDR6 then stores check bits inline (1/16 of
@@ -318,9 +327,59 @@ def fit_gddr_no_ecc(rows: pd.DataFrame, a40: KernelParams,
     y = rows.measured_s.to_numpy()
 
     def residual(v):
-        return np.log(drain_predictions(rows, scale_memory(a40, float(v[0])), engine) / y)
+        kp = scale_memory(a40, float(v[0]))
+        return np.log(drain_predictions(rows, kp, engine, card_gemm) / y)
 
     return float(_solve(residual, [1.0], [0.7], [1.4])[0])
+
+
+CARD_GEMM_CALIBRATIONS = {"rtx_4090": "RTX-4090", "rtx_pro_6000": "RTX-PRO-6000"}
+"""Calibrations that are ``gddr_no_ecc`` with the GEMM efficiencies fitted to the card's own
+operator profile (:func:`fit_card_gemm`), key -> GPU name."""
+
+
+def fit_card_gemm(base: KernelParams) -> dict[str, dict[str, float]]:
+    """GEMM fields of each :data:`CARD_GEMM_CALIBRATIONS` card, fitted to its operator profile.
+
+    :func:`~sim.perf.measurements.card_gemm_points`: vLLM's Llama-3.1-8B GEMMs timed on the
+    card at 1..2048 tokens. Four weight shapes do not tell the 128x128 and 256x128 tiles
+    apart, so the two share one efficiency; the 64x64 tile, the streaming efficiency, the
+    blend exponent and the fixed time are fitted as for the Vidur devices.
+    """
+    from sim.perf.measurements import card_gemm_points
+
+    names = tuple(f for f in GEMM_FIELDS if f != "gemm_eff_tile_256")
+    scale = np.array([1, 1, 1, 1, 1e-6])
+
+    def tied(v):
+        kp = _with(base, names, v * scale)
+        return dataclasses.replace(kp, gemm_eff_tile_256=kp.gemm_eff_tile_128)
+
+    out = {}
+    for gpu_name in CARD_GEMM_CALIBRATIONS.values():
+        pts = card_gemm_points(gpu_name)
+        gpu = get_gpu(gpu_name)
+        m, n, k, y = (pts[c].to_numpy() for c in ("m", "n", "k", "measured_s"))
+
+        def residual(v, m=m, n=n, k=k, y=y, gpu=gpu):
+            return np.log(kernels.gemm_time_s(m, n, k, gpu, tied(v)) / y)
+
+        x0 = np.array([getattr(base, f) for f in names]) / scale
+        lo = np.array([0.05, 0.05, 0.1, 1.0, 0.0]) / scale
+        hi = np.array([1.2, 1.2, 1.2, 20.0, 1e-4]) / scale
+        kp = tied(_solve(residual, x0, lo, hi))
+        out[gpu_name] = {f: getattr(kp, f) for f in GEMM_FIELDS}
+    return out
+
+
+def gddr_calibrations(a40: KernelParams, factor: float, pcie_eff: float,
+                      card_gemm: dict[str, dict[str, float]]) -> dict[str, KernelParams]:
+    """``gddr_no_ecc`` and the per-card calibrations built on it (``fitted_on`` left empty)."""
+    gddr = dataclasses.replace(scale_memory(a40, factor), allreduce_pcie_eff=pcie_eff)
+    out = {GDDR_NO_ECC: gddr}
+    for key, gpu in CARD_GEMM_CALIBRATIONS.items():
+        out[key] = dataclasses.replace(gddr, **card_gemm[gpu])
+    return out
 
 
 def fit_pcie_allreduce(samples, kp: KernelParams, gpu: str = "RTX-PRO-6000",
@@ -352,7 +411,8 @@ def gddr_no_ecc_rows(data_root: Path) -> pd.DataFrame:
     from sim.perf.measurements import load_vllm_drain_iterations
 
     rows = load_vllm_drain_iterations(data_root)
-    keep = [get_gpu(g).calibration == GDDR_NO_ECC for g in rows.gpu]
+    keys = {GDDR_NO_ECC, *CARD_GEMM_CALIBRATIONS}
+    keep = [get_gpu(g).calibration in keys for g in rows.gpu]
     return rows[np.asarray(keep, dtype=bool) & (rows.tp == 1)].reset_index(drop=True)
 
 
@@ -415,17 +475,20 @@ def fit_all(data_root: Path) -> tuple[dict[str, KernelParams], EngineParams]:
         )
         results[key] = dataclasses.replace(kp, fitted_on=note)
     gddr = gddr_no_ecc_rows(data_root)
-    factor = fit_gddr_no_ecc(gddr, results["a40"])
+    card_gemm = fit_card_gemm(results["a40"])
+    factor = fit_gddr_no_ecc(gddr, results["a40"], card_gemm=card_gemm)
     runs = ", ".join(sorted(gddr.run.unique()))
     pcie = fit_pcie_allreduce(PCIE_ALLREDUCE_RTXPRO6000_2GPU, results["a40"])
-    results[GDDR_NO_ECC] = dataclasses.replace(
-        scale_memory(results["a40"], factor), allreduce_pcie_eff=pcie,
-        fitted_on=f"a40 with its streaming efficiencies x {factor:.4f}, fitted by `python -m "
-        f"sim.perf.fit` to the decode iterations after the last admission of the real vLLM "
-        f"V1 runs {runs} (engine vllm_v1); allreduce_pcie_eff fitted to LLMServingSim's "
-        f"graphed 2 x RTX PRO 6000 PCIe all-reduce profile (measurements."
-        f"PCIE_ALLREDUCE_RTXPRO6000_2GPU)",
-    )
+    note = (f"a40 with its streaming efficiencies x {factor:.4f}, fitted by `python -m "
+            f"sim.perf.fit` to the decode iterations after the last admission of the real vLLM "
+            f"V1 runs {runs} (engine vllm_v1); allreduce_pcie_eff fitted to LLMServingSim's "
+            f"graphed 2 x RTX PRO 6000 PCIe all-reduce profile (measurements."
+            f"PCIE_ALLREDUCE_RTXPRO6000_2GPU)")
+    for key, kp in gddr_calibrations(results["a40"], factor, pcie, card_gemm).items():
+        extra = ("" if key == GDDR_NO_ECC else f"; GEMM efficiencies fitted to the "
+                 f"{CARD_GEMM_CALIBRATIONS[key]}'s Llama-3.1-8B operator profile "
+                 f"(measurements.CARD_GEMM_US)")
+        results[key] = dataclasses.replace(kp, fitted_on=note + extra)
     sw = load_splitwise(data_root)
     sw_fit = sw[(sw.gpu != HELD_OUT_SPLITWISE_GPU) & sw.gpu.notna()]
     base_engine = EngineParams(

@@ -458,3 +458,51 @@ fitted 15.92 GB/s link their simulator uses to replay the real runs in ``vllm_ru
 pair re-measured later with ACS and the IOMMU disabled (``hardware.yaml`` of 2026-10-02)
 reaches ~35 GB/s at 8 MiB: 16 GB/s is a host whose GPUs do not reach each other directly
 (NCCL stages through host memory), 35 GB/s one with PCIe peer-to-peer."""
+
+
+
+LLAMA31_8B_GEMM_SHAPES = ((6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336))
+"""``(n, k)`` of Llama-3.1-8B's TP=1 GEMMs qkv, o, gate_up, down (the column order below)."""
+
+CARD_GEMM_US = {
+    "RTX-4090": {
+        1: (54.898, 38.1313, 247.292, 126.766),
+        16: (56.4653, 41.0317, 253.327, 131.234),
+        64: (60.1343, 48.8287, 279.041, 144.363),
+        128: (76.9237, 44.1997, 314.081, 166.731),
+        256: (90.4477, 58.556, 378.077, 196.98),
+        512: (166.444, 107.951, 736.703, 376.009),
+        1024: (319.728, 209.365, 1455.04, 738.852),
+        2048: (631.069, 419.483, 2896.81, 1459.55),
+    },
+    "RTX-PRO-6000": {
+        1: (35.808, 25.8457, 159.04, 85.0137),
+        16: (38.2187, 26.048, 160.416, 81.6217),
+        64: (36.7253, 28.96, 171.019, 95.68),
+        128: (43.9147, 31.1897, 180.726, 92.4267),
+        256: (58.88, 39.9893, 210.625, 118.006),
+        512: (96.6087, 71.1893, 349.548, 189.057),
+        1024: (182.581, 116.629, 626.028, 335.297),
+        2048: (321.249, 204.662, 1226.98, 646.552),
+    },
+}
+"""Microseconds of Llama-3.1-8B's four TP=1 GEMMs (:data:`LLAMA31_8B_GEMM_SHAPES`) by tokens
+in the batch, vLLM's own layers timed one at a time by LLMServingSim's profiler
+(``profiler/perf/<card>/meta-llama/Llama-3.1-8B/bf16/tp1/dense.csv``; MIT licence, CASYS Lab
+at KAIST):
+
+* RTX 4090: commit 856225a, vLLM 0.19.0 (the real run's version), profiled 2026-08-17 "on the
+  real card". ~165 TFLOP/s at 2048 tokens, i.e. 100% of the 165.2 the Ada whitepaper computes
+  at the 2520 MHz rated boost (GeForce boards clock above it under load), and ~94% of
+  1008 GB/s streaming weights at 1 token; the A40 fit gives 80% and 88%.
+* RTX PRO 6000 Blackwell Server Edition: commit 72c16ba, vLLM 0.28.0 / CUDA 13.0 (the run used
+  0.19; the GEMMs are cuBLAS either way), profiled 2026-09-04. ~392 TFLOP/s (82% of 480) at
+  2048 tokens and 88-92% of 1597 GB/s at 1 token."""
+
+
+def card_gemm_points(gpu: str) -> pd.DataFrame:
+    """:data:`CARD_GEMM_US` of one card as GEMM points (columns m, n, k, measured_s)."""
+    rows = [{"m": float(m), "n": float(n), "k": float(k), "measured_s": us * 1e-6}
+            for m, times in CARD_GEMM_US[gpu].items()
+            for (n, k), us in zip(LLAMA31_8B_GEMM_SHAPES, times, strict=True)]
+    return pd.DataFrame(rows)
