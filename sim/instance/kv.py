@@ -227,13 +227,20 @@ class KVCache:
         self.version += 1
         if self._own_memo is not None:
             self._forget_own_memo_of(hashes)
-        moved = 0
-        for key in hashes:
-            rc = refs[key]
-            if rc == 0:
-                del lru[key]
-                moved += bph if key >= 0 else 1
-            refs[key] = rc + 1
+        if hashes and hashes[0] < 0 and not any(map(refs.__getitem__, hashes)):
+            # only own blocks of one request (distinct keys of one block each), all of them
+            # evictable: the usual readmission after a preemption (C loops)
+            deque(map(lru.__delitem__, hashes), 0)
+            refs.update(dict.fromkeys(hashes, 1))
+            moved = len(hashes)
+        else:
+            moved = 0
+            for key in hashes:
+                rc = refs[key]
+                if rc == 0:
+                    del lru[key]
+                    moved += bph if key >= 0 else 1
+                refs[key] = rc + 1
         self.num_evictable -= moved
         self.num_used += moved
 
@@ -244,15 +251,25 @@ class KVCache:
         self.version += 1
         if self._own_memo is not None:
             self._forget_own_memo_of(hashes)
-        moved = 0
         stamp = self._stamp
-        for key in reversed(hashes):  # free tails first, as vLLM does
-            rc = refs[key] - 1
-            refs[key] = rc
-            if rc == 0:
-                lru[key] = stamp
-                stamp += 1
-                moved += bph if key >= 0 else 1
+        if hashes and hashes[0] < 0 and list(map(refs.__getitem__, hashes)).count(1) == len(
+                hashes):
+            # only own blocks of one request (distinct keys of one block each), referenced by
+            # it alone: all become evictable, tails first (C loops)
+            tails_first = hashes[::-1]
+            refs.update(dict.fromkeys(tails_first, 0))
+            moved = len(hashes)
+            lru.update(zip(tails_first, range(stamp, stamp + moved), strict=True))
+            stamp += moved
+        else:
+            moved = 0
+            for key in reversed(hashes):  # free tails first, as vLLM does
+                rc = refs[key] - 1
+                refs[key] = rc
+                if rc == 0:
+                    lru[key] = stamp
+                    stamp += 1
+                    moved += bph if key >= 0 else 1
         self._stamp = stamp
         self.num_evictable += moved
         self.num_used -= moved

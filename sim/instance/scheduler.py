@@ -560,9 +560,14 @@ class Instance:
                 if out + 1 >= r.stop_tokens:
                     stopped.append(r)
         self.queued_prefill_tokens -= queued
-        if len(stopped) > n_batch_stopped:
-            drop = set(map(id, stopped[n_batch_stopped:]))
-            self._tail[:] = [r for r in self._tail if id(r) not in drop]  # in place
+        n_tail_stopped = len(stopped) - n_batch_stopped
+        if n_tail_stopped:
+            tail = self._tail
+            if n_tail_stopped == len(tail):
+                tail.clear()  # every scheduled request is in the tail: all of it stopped
+            else:
+                drop = set(map(id, stopped[n_batch_stopped:]))
+                tail[:] = [r for r in tail if id(r) not in drop]  # in place
         if self._tail:
             self._promote()
         return stopped
