@@ -155,6 +155,9 @@ class Simulator:
         self._block_size = insts[0].kv.block_size
         self._kv_bytes_per_token = model.kv_bytes_per_token
         self._dirty: set[int] = set()
+        self._pull_blocked: list[tuple | None] = [None] * len(insts)
+        """Per instance, the state in which its hand-in queue's head last could not be pulled
+        (see _try_pull)."""
         self._idle_check = False
         """Whether an event ran since the event heap last emptied (hand-over cycle check)."""
         self._roles_t = self._roles  # builds the role/KV caches once (static)
@@ -676,19 +679,29 @@ class Simulator:
         bs = kv.block_size
         max_seqs = f.cfg.max_num_seqs
         batch, tail = f._batch, f._tail
+        op = self._ops[f.index]
         while pending:
             r = pending[0]
-            if len(batch) + len(tail) + f.num_transfers_in >= max_seqs:
+            seqs = len(batch) + len(tail) + f.num_transfers_in
+            # The answer for this head depends on the slots, the blocks and the run in flight
+            # (op.version names it; as it runs, the blocks it could give back only shrink),
+            # so while none of them changed, a head that could not be pulled still cannot.
+            state = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
+            if state == self._pull_blocked[f.index]:
+                return
+            if seqs >= max_seqs:
+                self._pull_blocked[f.index] = state
                 return
             need = -(-r.num_computed_tokens // bs)
             # blocks a decode run in flight still takes are not free
             free = kv.num_blocks - kv.num_used - f.run_owed_blocks
             if need > free:
-                op = self._ops[f.index]
                 if op.line is None or not f.busy:
+                    self._pull_blocked[f.index] = state
                     return
                 j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
                 if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
+                    self._pull_blocked[f.index] = state
                     return
                 self._cut(f.index)  # the run reserved blocks this hand-in can use now
             elif f.busy and (f.run_owed_blocks
