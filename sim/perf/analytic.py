@@ -83,9 +83,14 @@ def dense_layer_time_s(
         moe = kernels.grouped_gemm_time_s(rows, active, model.mlp_up_width / tp, h, gpu, kp, b)
         moe += kernels.grouped_gemm_time_s(rows, active, h, ffn, gpu, kp, b)
         moe += kernels.gemm_time_s(m, e, h, gpu, kp, b)  # router
-        if ep > 1:  # gather every rank's tokens, reduce-scatter the expert outputs
+        if ep > 1:
+            # vLLM's allgather_reducescatter all2all (AgRsAll2AllManager): dispatch is one
+            # all-gather of every rank's hidden states and router logits, combine one
+            # reduce-scatter of the expert outputs: two collectives, two latencies
             link = intra_node_bytes_per_s or gpu.intra_node_bytes_per_s
-            moe += kernels.allreduce_time_s(m_moe * h * b, ep, link, graph_collectives(kp, engine))
+            kpc = graph_collectives(kp, engine)
+            moe += kernels.allgather_time_s(m_moe * (h + e) * b, ep, link, kpc)
+            moe += kernels.allgather_time_s(m_moe * h * b, ep, link, kpc)
         if model.shared_expert_intermediate_size:
             sh = model.shared_expert_intermediate_size / tp
             up = sh * (2 if model.gated_mlp else 1)

@@ -228,6 +228,31 @@ def allreduce_time_s(
     return np.where(size > 0, t, 0.0)
 
 
+def allgather_time_s(
+    total_bytes: np.ndarray,
+    num_ranks: int,
+    link_bytes_per_s: float,
+    kp: KernelParams,
+    inter_node: bool = False,
+) -> np.ndarray:
+    """Ring all-gather (or reduce-scatter) whose gathered result is ``total_bytes``.
+
+    Each rank sends and receives ``(n - 1) / n`` of the result, half the traffic of an
+    all-reduce of that size, with one collective's latency:
+    ``t = latency + latency_per_rank * (n - 1) + (n - 1) / n * total / (link * eff)``.
+    """
+    size = np.asarray(total_bytes, dtype=np.float64)
+    if num_ranks <= 1:
+        return np.zeros_like(size)
+    eff = kp.allreduce_inter_eff if inter_node else kp.allreduce_intra_eff
+    t = (
+        kp.allreduce_latency_s
+        + kp.allreduce_latency_per_rank_s * (num_ranks - 1)
+        + (num_ranks - 1) / num_ranks * size / (link_bytes_per_s * eff)
+    )
+    return np.where(size > 0, t, 0.0)
+
+
 def p2p_time_s(
     size_bytes: np.ndarray, link_bytes_per_s: float, kp: KernelParams, inter_node: bool = False
 ) -> np.ndarray:

@@ -375,7 +375,9 @@ def test_expert_parallel_rank_holds_fewer_experts_and_sees_every_ranks_tokens():
     want = (kernels.grouped_gemm_time_s(32, active, 256, 64, gpu, kp)
             + kernels.grouped_gemm_time_s(32, active, 64, 128, gpu, kp)
             + kernels.gemm_time_s(16, 8, 64, gpu, kp)
-            + kernels.allreduce_time_s(32 * 64 * 2, 2, 1e11, kp))
+            # all-gather of both ranks' hidden states and router logits, reduce-scatter back
+            + kernels.allgather_time_s(32 * (64 + 8) * 2, 2, 1e11, kp)
+            + kernels.allgather_time_s(32 * 64 * 2, 2, 1e11, kp))
     assert be.breakdown_s(16)["moe"] == pytest.approx(float(want), rel=1e-12)
     # at decode, a rank streams half the experts: faster than one GPU holding all of them
     big = "Qwen3-30B-A3B"

@@ -143,6 +143,19 @@ def test_allreduce_by_hand():
     np.testing.assert_array_equal(kernels.allreduce_time_s(np.zeros(3), 8, 1e11, kp), 0.0)
 
 
+def test_allgather_moves_half_an_allreduce_with_one_latency():
+    kp = make_kernel_params(allreduce_latency_s=1e-5, allreduce_latency_per_rank_s=1e-6,
+                            allreduce_intra_eff=0.5)
+    # gathered 1e6 bytes over 4 ranks: each receives 3/4 of it at 1e11 * 0.5
+    assert float(kernels.allgather_time_s(1e6, 4, 1e11, kp)) == pytest.approx(
+        1e-5 + 3e-6 + 0.75e6 / 5e10, rel=1e-12)
+    # all-gather + reduce-scatter = all-reduce bandwidth, one latency more
+    ag_rs = 2 * kernels.allgather_time_s(1e6, 4, 1e11, kp)
+    ar = kernels.allreduce_time_s(1e6, 4, 1e11, kp)
+    assert float(ag_rs - ar) == pytest.approx(1e-5 + 3e-6, rel=1e-9)
+    assert float(kernels.allgather_time_s(1e6, 1, 1e11, kp)) == 0.0
+
+
 def test_p2p_by_hand():
     kp = make_kernel_params(p2p_latency_s=2e-5, p2p_intra_eff=0.5, p2p_inter_eff=0.1)
     assert float(kernels.p2p_time_s(1e6, 1e11, kp)) == pytest.approx(2e-5 + 2e-5, rel=1e-12)
