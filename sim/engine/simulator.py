@@ -63,7 +63,7 @@ _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
 RUNNING = RequestStatus.RUNNING
 _decode_line = tuple.__new__
-"""``_decode_line(DecodeLine, t)``: a DecodeLine from a backend's 4-tuple (no argument parsing)."""
+"""``_decode_line(DecodeLine, values)``: a DecodeLine of four values (no argument parsing)."""
 
 
 class EventKind(IntEnum):
@@ -587,8 +587,10 @@ class Simulator:
     def _begin_run(self, idx: int, inst: Instance, op: _Op, k: int) -> None:
         """Start the decode run of ``k`` iterations that ``inst`` just planned."""
         now = self.now_s
-        line = _decode_line(DecodeLine, self.backends[idx].decode_line(inst._run_seqs,
-                                                                      inst.run_ctx_tokens))
+        # Python floats (a backend may give numpy scalars: same values, but the clock and
+        # every event time derived from them would then be slow numpy arithmetic)
+        line = _decode_line(DecodeLine, map(float, self.backends[idx].decode_line(
+            inst._run_seqs, inst.run_ctx_tokens)))
         op.plan = None
         op.line = line
         op.k_planned = op.k_done = k
@@ -608,10 +610,10 @@ class Simulator:
         for r in plan.reqs:
             if r.first_scheduled_s < 0:
                 r.first_scheduled_s = now
-        dt = self.backends[idx].iteration_time_s(
+        dt = float(self.backends[idx].iteration_time_s(  # (a Python float: see _begin_run)
             plan.num_prefill_tokens, plan.num_prefill_seqs, plan.prefill_ctx_tokens,
             plan.prefill_new_x_ctx, plan.prefill_new_sq, plan.num_decode_seqs,
-            plan.decode_ctx_tokens)
+            plan.decode_ctx_tokens))
         op.plan = plan
         op.line = None
         op.start_s = op.last_start_s = now
