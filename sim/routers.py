@@ -10,7 +10,7 @@ from operator import add
 
 import numpy as np
 
-from sim.routing import ClusterView, Decision, RequestInfo
+from sim.routing import ClusterView, Decision, RequestInfo, make_decision
 
 COLOCATE = 1 << 30
 """A split larger than any output: the Lead samples every token (colocated)."""
@@ -72,7 +72,7 @@ class RoundRobin(Router):
         idx = _eligible(view, req, ("unified",))
         i = idx[self._next % len(idx)]
         self._next += 1
-        return Decision(i, i, COLOCATE)
+        return make_decision(i, i, COLOCATE)
 
 
 class JoinShortestQueue(Router):
@@ -85,7 +85,7 @@ class JoinShortestQueue(Router):
         idx = _eligible(view, req, ("unified",))
         w, r = view.values("num_waiting"), view.values("num_running")
         i = _argmin_of(idx, list(map(add, w, r)))
-        return Decision(i, i, COLOCATE)
+        return make_decision(i, i, COLOCATE)
 
 
 class VllmDataParallel(Router):
@@ -114,7 +114,7 @@ class VllmDataParallel(Router):
         w, r = view.values("num_waiting"), view.values("num_running")
         loads = [4 * a + b for a, b in zip(w, r, strict=True)]
         i = min(idx, key=loads.__getitem__)  # first of equal loads in rotated order
-        return Decision(i, i, COLOCATE)
+        return make_decision(i, i, COLOCATE)
 
 
 class LeastOutstandingTokens(Router):
@@ -128,7 +128,7 @@ class LeastOutstandingTokens(Router):
         q, used, bs = view.values("queued_prefill_tokens"), view.values("kv_used_blocks"), \
             view.block_size
         i = _argmin_of(idx, [a + b * bs for a, b in zip(q, used, strict=True)])
-        return Decision(i, i, COLOCATE)
+        return make_decision(i, i, COLOCATE)
 
 
 class DistServeRouter(Router):
@@ -156,7 +156,7 @@ class DistServeRouter(Router):
             used, total = view.values("kv_used_blocks"), view.values("kv_total_blocks")
             run, tin = view.values("num_running"), view.values("num_transfers_in")
             j = _argmin(dec, lambda k: used[k] / max(total[k], 1) + 1e-3 * (run[k] + tin[k]))
-        return Decision(i, j, 1)
+        return make_decision(i, j, 1)
 
 
 class DynaServeHeuristic(Router):
@@ -181,13 +181,13 @@ class DynaServeHeuristic(Router):
         i = _argmin(idx, lambda k: q[k] + used[k] * bs)
         others = [k for k in idx if k != i]
         if not others:
-            return Decision(i, i, COLOCATE)
+            return make_decision(i, i, COLOCATE)
         tin, prompt = view.values("num_transfers_in"), req.num_prompt_tokens
         j = _argmin(others, lambda k: used[k] * bs + tin[k] * prompt)
         li = q[i] + used[i] * bs + 1.0
         fj = used[j] * bs + tin[j] * prompt + 1.0
         split = max(1, round(req.predicted_output_tokens * fj / (li + fj)))
-        return Decision(i, j, int(split))
+        return make_decision(i, j, int(split))
 
 
 class RandomRouter(Router):
@@ -208,7 +208,7 @@ class RandomRouter(Router):
         idx = _eligible(view, req, ("unified", "prefill", "decode"))
         i, j = (int(x) for x in self._rng.choice(np.asarray(idx), size=2))
         split = int(self._rng.integers(1, max(req.predicted_output_tokens, 1) + 1))
-        return Decision(i, j, split)
+        return make_decision(i, j, split)
 
 
 ROUTERS: dict[str, type[Router]] = {

@@ -52,7 +52,7 @@ from sim.engine.decode_run import DecodeLine, cum_time_s, iters_within
 from sim.engine.links import Link
 from sim.engine.placement import build_instances
 from sim.instance import Instance, Reason, Request, RequestStatus
-from sim.routing import ClusterView, Decision, RequestInfo
+from sim.routing import ClusterView, Decision, RequestInfo, make_request_info
 from sim.workload import Workload
 
 logger = logging.getLogger(__name__)
@@ -80,17 +80,14 @@ TRANSFER_END = int(EventKind.TRANSFER_END)
 class _Op:
     """What an instance is executing: one planned iteration, or a decode run of k iterations."""
 
-    __slots__ = ("plan", "k_planned", "k_done", "line", "start_s", "end_s", "step_s", "version",
-                 "last_start_s")
+    __slots__ = ("plan", "k_done", "line", "start_s", "end_s", "version", "last_start_s")
 
     def __init__(self) -> None:
         self.plan = None
-        self.k_planned = 0
         self.k_done = 0
         self.line: DecodeLine | None = None
         self.start_s = 0.0
         self.end_s = 0.0
-        self.step_s = 0.0
         self.version = 0
         self.last_start_s = 0.0
         """Start of its last iteration (async-scheduling instances only)."""
@@ -407,7 +404,7 @@ class Simulator:
         r = Request(i, self._arrivals[i], self._prompts[i], self._outputs[i], hashes)
         self.requests[i] = r
         self._pending = r
-        return RequestInfo(i, r.arrival_s, r.num_prompt_tokens, self._predicted[i])
+        return make_request_info(i, r.arrival_s, r.num_prompt_tokens, self._predicted[i])
 
     def _check_decision(self, r: Request, d: Decision) -> Reason:
         n = len(self.instances)
@@ -593,12 +590,11 @@ class Simulator:
             inst._run_seqs, inst.run_ctx_tokens)))
         op.plan = None
         op.line = line
-        op.k_planned = op.k_done = k
+        op.k_done = k
         op.start_s = now
         op.end_s = end = now + cum_time_s(line, k)
         if self._async[idx]:
             op.last_start_s = now + cum_time_s(line, k - 1)
-        op.step_s = line.a_s + line.const_s
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
@@ -618,7 +614,6 @@ class Simulator:
         op.line = None
         op.start_s = op.last_start_s = now
         op.end_s = end = now + dt
-        op.step_s = dt
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
