@@ -314,12 +314,23 @@ class Instance:
         return budget - b
 
     def _schedule_batch_short(self, plan: IterationPlan, group: dict[int, Request]) -> None:
-        """Blocks for ``group`` one member at a time, preempting from the end when short."""
+        """Blocks for ``group`` one member at a time, preempting from the end when short.
+
+        Once the free blocks cover every member left, they take theirs in one allocation
+        (which evicts the same cache entries, LRU first, as one block at a time would).
+        """
         kv = self.kv
         batch, tail = self._batch, self._tail
-        for seq in list(group):
+        members = list(group)
+        for i, seq in enumerate(members):
             if seq not in batch:
                 return  # preempted as a victim: so was everything after it
+            if kv.num_blocks - kv.num_used >= len(members) - i:
+                rest = 1  # members from i on still in the batch (victims are a suffix)
+                while i + rest < len(members) and members[i + rest] in batch:
+                    rest += 1
+                kv.allocate(rest)
+                return
             while kv.num_blocks - kv.num_used < 1:
                 plan.num_preempted += 1
                 if tail:
