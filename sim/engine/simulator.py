@@ -62,6 +62,7 @@ _TRANSFERS_IN = attrgetter("num_transfers_in")
 _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
 RUNNING = RequestStatus.RUNNING
+TRANSFERRING = RequestStatus.TRANSFERRING
 _decode_line = tuple.__new__
 """``_decode_line(DecodeLine, values)``: a DecodeLine of four values (no argument parsing)."""
 
@@ -676,46 +677,49 @@ class Simulator:
         bs = kv.block_size
         max_seqs = f.cfg.max_num_seqs
         batch, tail = f._batch, f._tail
-        op = self._ops[f.index]
+        idx = f.index
+        op = self._ops[idx]
+        blocked = self._pull_blocked
         while pending:
             r = pending[0]
             seqs = len(batch) + len(tail) + f.num_transfers_in
             # The answer for this head depends on the slots, the blocks and the run in flight
             # (op.version names it; as it runs, the blocks it could give back only shrink),
             # so while none of them changed, a head that could not be pulled still cannot.
-            state = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
-            if state == self._pull_blocked[f.index]:
+            if blocked[idx] is not None and blocked[idx][0] is r and blocked[idx] == (
+                    r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version):
                 return
             if seqs >= max_seqs:
-                self._pull_blocked[f.index] = state
+                blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
                 return
             need = -(-r.num_computed_tokens // bs)
             # blocks a decode run in flight still takes are not free
             free = kv.num_blocks - kv.num_used - f.run_owed_blocks
             if need > free:
                 if op.line is None or not f.busy:
-                    self._pull_blocked[f.index] = state
+                    blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
                     return
                 j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
                 if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
-                    self._pull_blocked[f.index] = state
+                    blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
                     return
-                self._cut(f.index)  # the run reserved blocks this hand-in can use now
+                self._cut(idx)  # the run reserved blocks this hand-in can use now
             elif f.busy and (f.run_owed_blocks
                              or need > kv.num_blocks - kv.num_used - kv.num_evictable):
                 # this allocation evicts cached entries: a decode run there must hold only the
                 # blocks of the iterations begun so far (its reservation would make the hand-in
                 # evict more than one-event-per-iteration simulation does), so it is cut and
                 # settled first; its own owed evictions also come first
-                self._cut(f.index)
+                self._cut(idx)
             kv.allocate(need)
             pending.popleft()
             self.instances[r.lead].awaiting_out.remove(r)
             f.num_transfers_in += 1
-            r.status = RequestStatus.TRANSFERRING
-            r.transfer_start_s = self.now_s
-            link = self._link(r.lead, r.follow)
-            link.add(r, r.num_computed_tokens * self._kv_bytes_per_token, self.now_s)
+            r.status = TRANSFERRING
+            now = self.now_s
+            r.transfer_start_s = now
+            link = self._links.get((r.lead, r.follow)) or self._link(r.lead, r.follow)
+            link.add(r, r.num_computed_tokens * self._kv_bytes_per_token, now)
             self._push_link(link)
 
     def _cancel_stuck_handover(self, inst: Instance) -> bool:
@@ -756,7 +760,8 @@ class Simulator:
     def _push_link(self, link: Link) -> None:
         nd = link.next_done()
         if nd is not None:
-            self._push(nd[0], TRANSFER_END, link.index, link.version)
+            heapq.heappush(self._heap, (nd[0], TRANSFER_END, next(self._seq), link.index,
+                                        link.version))
 
     def _on_transfer_end(self, link_idx: int, version: int) -> None:
         link = self._link_list[link_idx]
@@ -788,10 +793,9 @@ class Simulator:
         follow.ready_kv.append(r)  # joins the batch when the instance next schedules
         if lead.pending_kv:
             self._try_pull(lead)
-        nd = link.next_done()  # (_push_link, inlined)
-        if nd is not None:
-            heapq.heappush(self._heap, (nd[0], TRANSFER_END, next(self._seq), link_idx,
-                                        link.version))
+        if link.remaining:  # (_push_link, inlined)
+            heapq.heappush(self._heap, (link.next_done()[0], TRANSFER_END, next(self._seq),
+                                        link_idx, link.version))
 
     # ---- end of run ----------------------------------------------------------------------------
     def _finish(self, limit: float) -> None:

@@ -184,10 +184,12 @@ class Instance:
 
     def add_running(self, r: Request) -> None:
         """Append ``r`` (status RUNNING already) to the end of the running batch."""
-        if not self._tail and self._is_decoding(r):
-            self._join(r)
-        else:
-            self._tail.append(r)
+        if not self._tail:
+            out = r.num_output_tokens  # (_is_decoding, inlined)
+            if out > 0 and r.num_computed_tokens == r.num_prompt_tokens + out - 1:
+                self._join(r)
+                return
+        self._tail.append(r)
 
     @staticmethod
     def _is_decoding(r: Request) -> bool:
