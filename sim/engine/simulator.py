@@ -372,7 +372,7 @@ class Simulator:
 
     def entered_requests(self) -> list[Request]:
         """Requests that arrived (in arrival order)."""
-        return [r for r in self.requests[: self._cursor] if r is not None]
+        return list(filter(None, self.requests[: self._cursor]))  # (a Request is truthy)
 
     @property
     def num_entered(self) -> int:

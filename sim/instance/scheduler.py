@@ -38,6 +38,7 @@ from sim.instance.kv import KVCache, self_keys
 from sim.instance.request import Request, RequestStatus
 
 INF = float("inf")
+WAITING = RequestStatus.WAITING
 _NO_HIT = ((), 0, 0)
 """A prefix match that found nothing: ``(keys, hit_tokens, evictable_blocks)``."""
 
@@ -150,9 +151,12 @@ class Instance:
     def enqueue(self, r: Request) -> None:
         """Add a request to the waiting queue (FCFS)."""
         r.instance = self.index
-        r.status = RequestStatus.WAITING
+        r.status = WAITING
         self.waiting.append(r)
-        self.queued_prefill_tokens += self.outstanding_prefill(r)
+        total = r.num_prompt_tokens + r.num_output_tokens  # (outstanding_prefill, inlined)
+        c = r.num_computed_tokens
+        if not r.num_output_tokens or c < total - 1:
+            self.queued_prefill_tokens += total - c
 
     @property
     def capacity_tokens(self) -> int:
