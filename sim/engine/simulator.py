@@ -686,22 +686,22 @@ class Simulator:
             # The answer for this head depends on the slots, the blocks and the run in flight
             # (op.version names it; as it runs, the blocks it could give back only shrink),
             # so while none of them changed, a head that could not be pulled still cannot.
-            if blocked[idx] is not None and blocked[idx][0] is r and blocked[idx] == (
-                    r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version):
+            if (blocked[idx] is not None and blocked[idx][0] is r
+                    and blocked[idx] == self._pull_state(f, r, seqs)):
                 return
             if seqs >= max_seqs:
-                blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
+                blocked[idx] = self._pull_state(f, r, seqs)
                 return
             need = -(-r.num_computed_tokens // bs)
             # blocks a decode run in flight still takes are not free
             free = kv.num_blocks - kv.num_used - f.run_owed_blocks
             if need > free:
                 if op.line is None or not f.busy:
-                    blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
+                    blocked[idx] = self._pull_state(f, r, seqs)
                     return
                 j = min(iters_within(op.line, self.now_s - op.start_s) + 1, op.k_done)
                 if need > free + f.run_new_blocks(op.k_done) - f.run_new_blocks(j):
-                    blocked[idx] = (r, seqs, kv.num_used, f.run_owed_blocks, f.busy, op.version)
+                    blocked[idx] = self._pull_state(f, r, seqs)
                     return
                 self._cut(idx)  # the run reserved blocks this hand-in can use now
             elif f.busy and (f.run_owed_blocks
@@ -721,6 +721,10 @@ class Simulator:
             link = self._links.get((r.lead, r.follow)) or self._link(r.lead, r.follow)
             link.add(r, r.num_computed_tokens * self._kv_bytes_per_token, now)
             self._push_link(link)
+
+    def _pull_state(self, f: Instance, head: Request, seqs: int) -> tuple:
+        """What decides whether ``f`` can pull ``head`` now, but for the time (see _try_pull)."""
+        return (head, seqs, f.kv.num_used, f.run_owed_blocks, f.busy, self._ops[f.index].version)
 
     def _cancel_stuck_handover(self, inst: Instance) -> bool:
         """Break a hand-over deadlock: keep one finished share here and decode it locally.
