@@ -67,6 +67,8 @@ class ModelSpec:
     """Whether the QKV projection has a bias (Qwen, OPT)."""
     mlp_bias: bool = False
     """Whether the MLP and output projections have biases (OPT, BLOOM, phi-2)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm of queries and keys before RoPE (Qwen3's ``q_norm`` / ``k_norm``)."""
     published_params: float = 0.0
     """Parameter count stated by the model's authors (0 if unknown); used only in tests."""
 
@@ -144,7 +146,8 @@ class ModelSpec:
         bias = (self.q_size + 2 * self.kv_size if self.qkv_bias else 0) + (
             h if self.mlp_bias else 0
         )
-        return qkv + out + bias
+        qk_norm = 2 * self.head_dim if self.qk_norm else 0
+        return qkv + out + bias + qk_norm
 
     @property
     def mlp_params_per_expert(self) -> int:

@@ -111,8 +111,10 @@ def dense_layer_time_s(
         elem += 2 * kernels.elementwise_time_s(3 * mh, gpu, kp)  # two residual adds
     act_in = act_width * (2 if model.gated_mlp else 1)
     elem += kernels.elementwise_time_s(m * (act_in + act_width) * b, gpu, kp)
+    qk = (model.q_size + model.kv_size) / tp
     if model.position_embedding == "rope":
-        qk = (model.q_size + model.kv_size) / tp
+        elem += kernels.elementwise_time_s(2 * m * qk * b, gpu, kp)
+    if model.qk_norm:  # Qwen3: RMSNorm over each query and key head, one read + write
         elem += kernels.elementwise_time_s(2 * m * qk * b, gpu, kp)
     link = intra_node_bytes_per_s or gpu.intra_node_bytes_per_s
     inter = tp_gpus_per_node is not None and tp_gpus_per_node < tp

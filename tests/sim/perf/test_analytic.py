@@ -38,6 +38,23 @@ def test_dense_layer_elementwise_bytes_by_hand():
     assert parts["moe"] == 0.0 and parts["allreduce"] == 0.0
 
 
+def test_qk_norm_adds_one_read_and_write_of_queries_and_keys():
+    # Qwen3's per-head q/k RMSNorm: Q and K (64 + 32 wide) read and written once more, 2 B each
+    plain = tiny_backend().breakdown_s(1000)
+    normed = perf.AnalyticBackend(make_model(qk_norm=True), make_gpu(),
+                                  kernel_params=make_kernel_params(),
+                                  engine=make_engine()).breakdown_s(1000)
+    assert normed["elementwise"] - plain["elementwise"] == pytest.approx(1000 * 384 / 1e12,
+                                                                         rel=1e-9)
+    assert normed["gemm"] == plain["gemm"]
+
+
+def test_qwen3_models_declare_their_qk_norm():
+    from sim.catalog import get_model
+    assert all(get_model(n).qk_norm for n in ("Qwen3-14B", "Qwen3-32B", "Qwen3-30B-A3B"))
+    assert not get_model("Llama-3.1-8B").qk_norm
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_dense_layer_gemm_shapes(tp):
     gpu, kp, m = make_gpu(), make_kernel_params(), np.array([1.0, 77.0, 3000.0])
