@@ -265,6 +265,17 @@ class AnalyticBackend(LatencyBackend):
         self._dec_t0 = kp.attn_decode_overhead_s
         # decodes riding along a prefill launch add only what their fixed time exceeds it by
         self._dec_t0_mixed = max(kp.attn_decode_overhead_s - kp.attn_prefill_overhead_s, 0.0)
+        self._scalar_tables()
+
+    def _scalar_tables(self) -> None:
+        """Python-float copies of the tables for the scalar hot path (call after changing one).
+
+        Indexing a list gives a Python float; indexing the array a numpy scalar, whose
+        arithmetic costs several times more (same IEEE values either way).
+        """
+        self._dense_f = self._dense.tolist()
+        self._extra_f = self._per_token_extra.tolist()
+        self._head_f = self._head.tolist()
 
     # ---- hot path --------------------------------------------------------------------------
     def iteration_time_s(
@@ -281,12 +292,12 @@ class AnalyticBackend(LatencyBackend):
         m = num_prefill_tokens + num_decode_seqs
         s = num_prefill_seqs + num_decode_seqs
         if m <= self._max_m:
-            layer = self._dense[m]
-            extra = self._per_token_extra[m]
+            layer = self._dense_f[m]
+            extra = self._extra_f[m]
         else:
             over = m - self._max_m
-            layer = self._dense[self._max_m] + over * self._slope_m
-            extra = self._per_token_extra[self._max_m] + over * self._slope_x
+            layer = self._dense_f[self._max_m] + over * self._slope_m
+            extra = self._extra_f[self._max_m] + over * self._slope_x
         # one varlen attention launch per layer serves prefill chunks and decodes together
         # (vLLM V1's FlashAttention backend): its fixed time is paid once
         if num_prefill_tokens:
@@ -303,11 +314,11 @@ class AnalyticBackend(LatencyBackend):
         if layer < self._cpu_layer:
             layer = self._cpu_layer
         if s <= self._max_s:
-            head = self._head[s]
+            head = self._head_f[s]
         else:
-            head = self._head[self._max_s] + (s - self._max_s) * self._slope_s
+            head = self._head_f[self._max_s] + (s - self._max_s) * self._slope_s
         host = self._overhead + self._sq_host * prefill_new_sq
-        return float(self._layers * layer + extra + head + host)
+        return self._layers * layer + extra + head + host
 
     def iteration_times_s(self, batch: BatchArrays) -> np.ndarray:
         """Vectorised :meth:`iteration_time_s` over ``(n,)`` arrays; returns ``(n,) float64``."""
@@ -336,7 +347,7 @@ class AnalyticBackend(LatencyBackend):
         """Exact decode-run line including the per-layer launch floor (see base class)."""
         t0 = self.iteration_time_s(0, 0, 0, 0, 0, num_seqs, ctx_tokens)
         b = min(num_seqs, self._max_m)
-        layer0 = (self._dense[b] + (num_seqs - b) * self._slope_m + ctx_tokens * self._dec_ctx
+        layer0 = (self._dense_f[b] + (num_seqs - b) * self._slope_m + ctx_tokens * self._dec_ctx
                   + num_seqs * self._dec_seq + self._dec_t0)
         big_l = self._layers
         const = t0 - big_l * max(layer0, self._cpu_layer)

@@ -93,6 +93,7 @@ class ProfileTableBackend(AnalyticBackend):
         ar = self._allreduce(m, allreduce_table) if tp > 1 else np.zeros_like(m)
         self._dense = dense + ar
         self._slope_m = _tail_slope(self._dense)
+        self._scalar_tables()
 
     def _allreduce(self, m: np.ndarray, table: Path | str | None) -> np.ndarray:
         """Two all-reduces of ``m * hidden * dtype`` bytes per layer, from a table if given."""
