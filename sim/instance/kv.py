@@ -15,15 +15,17 @@ Allocation says "no" by returning ``False``; the caller preempts and retries (as
 Keys >= 0 are the workload's prompt hashes (``blocks_per_hash`` blocks each). Keys < 0 are one
 block of one request's own tokens (:func:`self_key`): vLLM hashes every full block, so when a
 request is preempted its computed blocks stay cached until evicted and a quick readmission
-recomputes little.
+recomputes little. Those blocks are released together, tail first, so they sit in a row in LRU
+order; they are stored as one LRU entry (a *run*) that eviction shortens tail first and a
+readmission takes its leading blocks from, with the same eviction order, counts and matches as
+one entry per block.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left
 from collections import OrderedDict, deque
-from itertools import accumulate, islice
-from operator import neg
+from itertools import islice
 
 import numpy as np
 
@@ -55,11 +57,12 @@ class KVCache:
         "num_evictable",
         "_refs",
         "_lru",
+        "_runs",
+        "_held",
+        "_next_run",
         "num_hit_tokens",
         "num_query_tokens",
         "version",
-        "_stamp",
-        "_own_memo",
         "_keep_memo",
     )
 
@@ -92,17 +95,22 @@ class KVCache:
         self.num_used = 0
         self.num_evictable = 0
         self._refs: dict[int, int] = {}
-        self._lru: OrderedDict[int, int] = OrderedDict()
-        """Unreferenced entries, least recently used first -> insertion stamp (increasing
-        along the order, so every entry evicted so far has a stamp below the first one's).
-        (An OrderedDict, not a dict: evicting from the front of a dict leaves holes that
-        every later look at its front scans.)"""
-        self._stamp = 0
-        """Stamp of the next insertion into ``_lru``."""
+        """Reference count of every resident prompt-hash entry (0: evictable) and of every
+        referenced own block (an unreferenced own block lives in a run of ``_lru`` only)."""
+        self._lru: OrderedDict[int, list | None] = OrderedDict()
+        """Evictable entries, least recently used first: prompt hash -> None, or run id (< 0)
+        -> run ``[rid, lo, hi, run id]``: own blocks ``hi - 1, hi - 2, ..., lo`` of request
+        ``rid`` in this order, standing for that many one-block entries in a row. (An
+        OrderedDict, not a dict: evicting from the front of a dict leaves holes that every
+        later look at its front scans.)"""
+        self._runs: dict[int, list[list]] = {}
+        """rid -> its runs in ``_lru`` (any order; requests with none are absent)."""
+        self._held: dict[int, int] = {}
+        """rid -> how many of its own blocks are referenced (absent: none)."""
+        self._next_run = -1
+        """Id of the next run (ids count down from -1; prompt hashes are >= 0)."""
         self._keep_memo: tuple | None = None
-        """``(keys, frozenset(keys))`` of the last ``evictable_before`` keep argument."""
-        self._own_memo: tuple | None = None
-        """``(rid, first, limit, negated prefix-minimum stamps)`` of the last own-block match."""
+        """``evictable_before``'s parse of its last ``keep`` argument."""
         self.num_hit_tokens = 0
         self.num_query_tokens = 0
         self.version = 0
@@ -132,7 +140,9 @@ class KVCache:
             self.version += 1
             bph = self.blocks_per_hash
             refs = self._refs
-            if bph == 1:  # every entry is one block: evict exactly the shortfall
+            if self._runs:
+                self._evict(n - empty)
+            elif bph == 1:  # every entry is one block: evict exactly the shortfall
                 lru = self._lru
                 if n - empty == 1:
                     del refs[lru.popitem(False)[0]]
@@ -144,18 +154,121 @@ class KVCache:
             else:
                 popitem = self._lru.popitem
                 while n > empty:
-                    h = popitem(False)[0]
-                    del refs[h]
-                    size = bph if h >= 0 else 1
-                    self.num_evictable -= size
-                    empty += size
+                    del refs[popitem(False)[0]]
+                    self.num_evictable -= bph
+                    empty += bph
         self.num_used += n
         return True
+
+    def _evict(self, need: int) -> None:
+        """Evict least recently used entries until ``need`` more blocks are empty.
+
+        A prompt-hash entry goes whole; a run loses only the blocks still needed, tail first,
+        as evicting its one-block entries one by one would.
+        """
+        lru, refs = self._lru, self._refs
+        bph = self.blocks_per_hash
+        got = 0
+        while got < need:
+            key = next(iter(lru))
+            if key >= 0:
+                del lru[key]
+                del refs[key]
+                got += bph
+            else:
+                run = lru[key]
+                size = run[2] - run[1]
+                if size > need - got:
+                    run[2] -= need - got
+                    got = need
+                else:
+                    del lru[key]
+                    self._forget_run(run)
+                    got += size
+        self.num_evictable -= got
 
     def free(self, n: int) -> None:
         """Return ``n`` private blocks."""
         self.num_used -= n
         assert 0 <= self.num_used <= self.num_blocks - self.num_evictable, "KV accounting broke"
+
+    # ---- runs of own blocks ------------------------------------------------------------
+    def _forget_run(self, run: list) -> None:
+        """Drop ``run`` (already out of ``_lru``) from its request's list."""
+        runs = self._runs[run[0]]
+        if len(runs) == 1:
+            del self._runs[run[0]]
+        else:
+            runs.remove(run)  # (runs differ in their ids: equality is identity)
+
+    def _append_run(self, rid: int, lo: int, hi: int) -> None:
+        """Make own blocks ``hi - 1 .. lo`` of ``rid`` the most recently used entries."""
+        lru = self._lru
+        if lru:
+            last = next(reversed(lru))
+            if last < 0:
+                run = lru[last]
+                if run[1] == hi and run[0] == rid:  # they continue the last run
+                    run[1] = lo
+                    return
+        key = self._next_run
+        self._next_run = key - 1
+        run = [rid, lo, hi, key]
+        lru[key] = run
+        runs = self._runs.get(rid)
+        if runs is None:
+            self._runs[rid] = [run]
+        else:
+            runs.append(run)
+
+    def _run_of(self, rid: int, b: int) -> list | None:
+        """The run holding own block ``b`` of ``rid``, if any."""
+        for run in self._runs.get(rid, ()):
+            if run[1] <= b < run[2]:
+                return run
+        return None
+
+    def _take_from_run(self, run: list, lo: int, hi: int) -> None:
+        """Take own blocks ``lo .. hi - 1`` (inside ``run``) out of the LRU.
+
+        The run's other blocks keep their places in eviction order.
+        """
+        if lo == run[1]:
+            if hi == run[2]:
+                del self._lru[run[3]]
+                self._forget_run(run)
+            else:
+                run[1] = hi  # the run's front part stays
+        elif hi == run[2]:
+            run[2] = lo  # the run's back part stays
+        else:  # split: [hi, run hi) stays in place, [run lo, lo) follows it
+            lru = self._lru
+            after = list(lru)
+            after = after[after.index(run[3]) + 1:]
+            key = self._next_run
+            self._next_run = key - 1
+            rest = [run[0], run[1], lo, key]
+            run[1] = hi
+            lru[key] = rest
+            deque(map(lru.move_to_end, after), 0)
+            self._runs[run[0]].append(rest)
+
+    @staticmethod
+    def _own_range(hashes: tuple) -> tuple[int, int] | None:
+        """``(rid, first)`` if ``hashes == tuple(self_keys(rid, first, len(hashes)))``."""
+        top = -hashes[0] - 1
+        rid, first = top >> 24, top & 0xFFFFFF
+        n = len(hashes)
+        if first + n > 1 << 24 or hashes != tuple(self_keys(rid, first, n)):
+            return None
+        return rid, first
+
+    def resident(self, key: int) -> bool:
+        """Whether entry ``key`` (a prompt hash or :func:`self_key`) is in the cache."""
+        if key >= 0 or key in self._refs:
+            return key in self._refs
+        rid, b = (-key - 1) >> 24, (-key - 1) & 0xFFFFFF
+        return self._run_of(rid, b) is not None
 
     # ---- prefix cache ------------------------------------------------------------------
     def match_prefix(self, hashes: np.ndarray | None, num_prompt_tokens: int) -> int:
@@ -171,22 +284,36 @@ class KVCache:
             h += 1
         return h
 
+    def _parse_keep(self, keep: tuple) -> tuple:
+        """``(keep, frozenset of its prompt hashes, {rid: sorted own blocks}, all keys)``."""
+        memo = self._keep_memo
+        if memo is not None and memo[0] is keep:
+            return memo
+        own: dict[int, list[int]] = {}
+        for key in keep:
+            if key < 0:
+                own.setdefault((-key - 1) >> 24, []).append((-key - 1) & 0xFFFFFF)
+        for blocks in own.values():
+            blocks.sort()
+        memo = self._keep_memo = (keep, frozenset(k for k in keep if k >= 0), own,
+                                  frozenset(keep))
+        return memo
+
     def evictable_before(self, want: int, keep: tuple) -> int:
         """Evictable blocks, in eviction order, up to ``want`` and before any key in ``keep``.
 
         Allocations evict the least recently used entries first, so evicting ``d`` more blocks
         than are empty removes the shortest LRU prefix holding ``d`` blocks; when ``d`` is at
         most the returned count, no key of ``keep`` is among them. Returns at least ``want``
-        when that many can go without touching ``keep`` (it counts whole entries).
+        when that many can go without touching ``keep`` (it counts whole prompt-hash entries).
         """
         bph = self.blocks_per_hash
+        if self._runs:
+            return self._evictable_before_runs(want, keep)
         if bph == 1:  # one block per entry: count the LRU prefix before a kept key (C loops)
             head = list(islice(self._lru, max(want, 1)))
             if keep:
-                memo = self._keep_memo
-                if memo is None or memo[0] is not keep:
-                    memo = self._keep_memo = (keep, frozenset(keep))
-                hit = list(map(memo[1].__contains__, head))
+                hit = list(map(self._parse_keep(keep)[3].__contains__, head))
                 if True in hit:
                     return hit.index(True)
             return len(head)
@@ -195,52 +322,86 @@ class KVCache:
         for key in self._lru:
             if key in keep:
                 break
-            got += bph if key >= 0 else 1
+            got += bph
             if got >= want:
                 break
         return got
 
-    def evictable_blocks(self, hashes: tuple) -> int:
-        """Blocks of these resident entries that nobody references (taking them uses free)."""
-        refs = self._refs
+    def _evictable_before_runs(self, want: int, keep: tuple) -> int:
+        """:meth:`evictable_before` when the LRU holds runs of own blocks."""
         bph = self.blocks_per_hash
-        if bph == 1:
-            return list(map(refs.__getitem__, hashes)).count(0)
-        return sum((bph if key >= 0 else 1) for key in hashes if refs[key] == 0)
+        _, prompt, own, _ = self._parse_keep(keep) if keep else (None, (), {}, None)
+        cap = want if want > 1 else 1
+        got = 0
+        for key, run in self._lru.items():
+            if key >= 0:
+                if key in prompt:
+                    return got
+                got += bph
+                if got >= cap:
+                    return got
+            else:
+                lo, hi = run[1], run[2]
+                size = hi - lo
+                kept = False
+                blocks = own.get(run[0]) if own else None
+                if blocks:
+                    i = bisect_left(blocks, hi) - 1
+                    if i >= 0 and blocks[i] >= lo:  # the run's first kept block, tail first
+                        size = hi - 1 - blocks[i]
+                        kept = True
+                if size >= cap - got:
+                    return cap
+                got += size
+                if kept:
+                    return got
+        return got
 
-    def _forget_own_memo_of(self, hashes: tuple) -> None:
-        """Drop the own-block match memo if ``hashes`` holds own entries of its request.
+    def evictable_blocks(self, hashes: tuple) -> int:
+        """Blocks of these resident prompt-hash entries that nobody references.
 
-        Keys of one request's prefix (acquire/release) are its prompt hashes followed by its
-        own block keys, so only the last key can tell. Other entries that are taken or
-        released keep the memo exact: it infers evictions from the stamp at the LRU front,
-        and taking an entry out of the LRU or appending one moves the front only past
-        entries that are not the memoised request's.
+        Taking them uses free blocks.
         """
-        if hashes and hashes[-1] < 0 and (-hashes[-1] - 1) >> 24 == self._own_memo[0]:
-            self._own_memo = None
+        refs = self._refs
+        return list(map(refs.__getitem__, hashes)).count(0) * self.blocks_per_hash
 
     def acquire(self, hashes: tuple) -> None:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
-        if self._own_memo is not None:
-            self._forget_own_memo_of(hashes)
-        if hashes and hashes[0] < 0 and not any(map(refs.__getitem__, hashes)):
-            # only own blocks of one request (distinct keys of one block each), all of them
-            # evictable: the usual readmission after a preemption (C loops)
-            deque(map(lru.__delitem__, hashes), 0)
-            refs.update(dict.fromkeys(hashes, 1))
-            moved = len(hashes)
-        else:
-            moved = 0
-            for key in hashes:
-                rc = refs[key]
-                if rc == 0:
+        if hashes and hashes[0] < 0:
+            # only own blocks: usually those of one request's run, none referenced (the
+            # readmission after a preemption)
+            span = self._own_range(hashes)
+            if span is not None and span[0] not in self._held:
+                rid, first = span
+                n = len(hashes)
+                run = self._run_of(rid, first)
+                if run is not None and first + n <= run[2]:
+                    self._take_from_run(run, first, first + n)
+                    refs.update(dict.fromkeys(hashes, 1))
+                    self._held[rid] = n
+                    self.num_evictable -= n
+                    self.num_used += n
+                    return
+        moved = 0
+        held = self._held
+        for key in hashes:
+            rc = refs.get(key, 0)
+            if rc == 0:
+                if key >= 0:
                     del lru[key]
-                    moved += bph if key >= 0 else 1
-                refs[key] = rc + 1
+                    moved += bph
+                else:
+                    rid, b = (-key - 1) >> 24, (-key - 1) & 0xFFFFFF
+                    run = self._run_of(rid, b)
+                    if run is None:
+                        raise KeyError(key)
+                    self._take_from_run(run, b, b + 1)
+                    held[rid] = held.get(rid, 0) + 1
+                    moved += 1
+            refs[key] = rc + 1
         self.num_evictable -= moved
         self.num_used += moved
 
@@ -249,28 +410,40 @@ class KVCache:
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
         self.version += 1
-        if self._own_memo is not None:
-            self._forget_own_memo_of(hashes)
-        stamp = self._stamp
-        if hashes and hashes[0] < 0 and list(map(refs.__getitem__, hashes)).count(1) == len(
-                hashes):
-            # only own blocks of one request (distinct keys of one block each), referenced by
-            # it alone: all become evictable, tails first (C loops)
-            tails_first = hashes[::-1]
-            refs.update(dict.fromkeys(tails_first, 0))
-            moved = len(hashes)
-            lru.update(zip(tails_first, range(stamp, stamp + moved), strict=True))
-            stamp += moved
-        else:
-            moved = 0
-            for key in reversed(hashes):  # free tails first, as vLLM does
-                rc = refs[key] - 1
+        held = self._held
+        if hashes and hashes[0] < 0:
+            span = self._own_range(hashes)
+            if span is not None and held.get(span[0]) == len(hashes) and list(
+                    map(refs.__getitem__, hashes)).count(1) == len(hashes):
+                # all own blocks of one request, referenced by it alone: they all become
+                # evictable, tails first (one run)
+                rid, first = span
+                n = len(hashes)
+                deque(map(refs.__delitem__, hashes), 0)
+                del held[rid]
+                self._append_run(rid, first, first + n)
+                self.num_evictable += n
+                self.num_used -= n
+                return
+        moved = 0
+        for key in reversed(hashes):  # free tails first, as vLLM does
+            rc = refs[key] - 1
+            if key >= 0:
                 refs[key] = rc
                 if rc == 0:
-                    lru[key] = stamp
-                    stamp += 1
-                    moved += bph if key >= 0 else 1
-        self._stamp = stamp
+                    lru[key] = None
+                    moved += bph
+            elif rc:
+                refs[key] = rc
+            else:
+                del refs[key]
+                rid, b = (-key - 1) >> 24, (-key - 1) & 0xFFFFFF
+                if held[rid] == 1:
+                    del held[rid]
+                else:
+                    held[rid] -= 1
+                self._append_run(rid, b, b + 1)
+                moved += 1
         self.num_evictable += moved
         self.num_used -= moved
 
@@ -291,32 +464,32 @@ class KVCache:
         """Keep a preempted request's private full blocks ``first..last-1`` as evictable entries.
 
         The caller still holds them as used; they move to evictable (tail blocks first in
-        eviction order). Returns how many blocks moved.
+        eviction order). Blocks already resident are skipped (they stay where they are).
+        Returns how many blocks moved.
         """
         if not self.enable_prefix_caching or last <= first:
             return 0
         self.version += 1
-        refs, lru = self._refs, self._lru
-        keys = tuple(self_keys(rid, first, last - first)[::-1])  # blocks last-1 .. first
-        memo = self._own_memo
-        if memo is not None and memo[0] == rid:
-            self._own_memo = None
-        stamp = self._stamp
-        if refs.keys().isdisjoint(keys):  # the usual case: add them all at C speed
-            refs.update(dict.fromkeys(keys, 0))
-            moved = len(keys)
-            lru.update(zip(keys, range(stamp, stamp + moved), strict=True))
-            stamp += moved
+        runs = self._runs.get(rid)
+        if rid not in self._held and (
+                runs is None or all(run[2] <= first or run[1] >= last for run in runs)):
+            self._append_run(rid, first, last)  # the usual case: none of them is resident
+            moved = last - first
         else:
+            refs = self._refs
             moved = 0
-            for key in keys:
-                if key in refs:
-                    continue
-                refs[key] = 0
-                lru[key] = stamp
-                stamp += 1
-                moved += 1
-        self._stamp = stamp
+            top = None  # upper end of the current stretch of new blocks
+            for b in range(last - 1, first - 1, -1):
+                if self_key(rid, b) in refs or self._run_of(rid, b) is not None:
+                    if top is not None:
+                        self._append_run(rid, b + 1, top)
+                        top = None
+                else:
+                    if top is None:
+                        top = b + 1
+                    moved += 1
+            if top is not None:
+                self._append_run(rid, first, top)
         self.num_used -= moved
         self.num_evictable += moved
         return moved
@@ -325,38 +498,22 @@ class KVCache:
         """Consecutive own blocks of ``rid`` resident from block ``first`` (at most ``limit``)."""
         if not self.enable_prefix_caching or limit <= 0:
             return 0
-        lru = self._lru
-        memo = self._own_memo
-        if memo is not None and memo[0] == rid and memo[1] == first and memo[2] == limit:
-            # Since the memo, this request's own entries (unreferenced: it is waiting) can
-            # only have been evicted, LRU first: exactly those stamped below the first entry.
-            front = next(iter(lru.values()), self._stamp)
-            return bisect_right(memo[3], -front)
-        refs = self._refs
-        key = -(rid << 24) - 1 - first  # self_key(rid, first + n) == key - n
-        if key not in refs:
+        runs = self._runs.get(rid)
+        if runs is None and rid not in self._held:
             return 0
-        # one pass over the LRU stamps: an entry that is resident but not in the LRU is
-        # referenced, which an own entry is not while its request waits (else: the long way)
-        stamps = list(map(lru.get, range(key, key - limit, -1)))
-        try:
-            n = stamps.index(None)
-        except ValueError:
-            n = limit
-        else:
-            if key - n in refs:
-                return self._match_own_blocks_referenced(key, limit)
-            del stamps[n:]
-        self._own_memo = (rid, first, limit, list(map(neg, accumulate(stamps, min))))
-        return n
-
-    def _match_own_blocks_referenced(self, key: int, limit: int) -> int:
-        """:meth:`match_own_blocks` when some of the entries are referenced (no memo)."""
-        present = list(map(self._refs.__contains__, range(key, key - limit, -1)))
-        try:
-            return present.index(False)
-        except ValueError:
-            return limit
+        refs = self._refs
+        n = 0
+        while n < limit:
+            b = first + n
+            for run in runs or ():
+                if run[1] <= b < run[2]:
+                    n += run[2] - b
+                    break
+            else:
+                if self_key(rid, b) not in refs:
+                    break
+                n += 1
+        return n if n < limit else limit
 
     def check(self) -> None:
         """Assert the block invariants (used in tests and debug runs)."""
@@ -364,4 +521,24 @@ class KVCache:
         assert 0 <= self.num_evictable, self.num_evictable
         assert self.num_used + self.num_evictable <= self.num_blocks
         bph = self.blocks_per_hash
-        assert self.num_evictable == sum((bph if k >= 0 else 1) for k in self._lru)
+        total = 0
+        runs = []
+        for key, run in self._lru.items():
+            if key >= 0:
+                assert self._refs[key] == 0, key
+                total += bph
+            else:
+                assert run[3] == key and run[1] < run[2], run
+                total += run[2] - run[1]
+                runs.append(run)
+        assert self.num_evictable == total, (self.num_evictable, total)
+        indexed = [run for rid, rs in self._runs.items() for run in rs if run[0] == rid]
+        assert sorted(map(id, indexed)) == sorted(map(id, runs))
+        held: dict[int, int] = {}
+        for key, rc in self._refs.items():
+            assert rc >= (0 if key >= 0 else 1), (key, rc)
+            if key < 0:
+                rid = (-key - 1) >> 24
+                held[rid] = held.get(rid, 0) + 1
+                assert self._run_of(rid, (-key - 1) & 0xFFFFFF) is None
+        assert held == self._held, (held, self._held)

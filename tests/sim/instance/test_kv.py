@@ -225,7 +225,7 @@ def test_random_operations_keep_invariants(seed):
 def own_run(kv: KVCache, rid: int, first: int, limit: int) -> int:
     """Consecutive own blocks of ``rid`` from ``first``, probed key by key (no memo)."""
     n = 0
-    while n < limit and self_key(rid, first + n) in kv._refs:
+    while n < limit and kv.resident(self_key(rid, first + n)):
         n += 1
     return n
 
