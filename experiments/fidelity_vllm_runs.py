@@ -18,6 +18,7 @@ engine's monotonic clock: ``arrival_time`` (wall clock) plus the run's smallest
 ``queued_ts - arrival_time`` (the clock offset; the request that waited least). TTFT = first
 token - arrival, E2E = last token - arrival, TPOT = (last - first) / (output - 1), on both
 sides. (``--anchor queued`` uses ``queued_ts`` as arrival, as this script did before.)
+ITL (pooled inter-token gaps) cannot be checked: the runs record only first and last token times.
 
 The Qwen3-30B-A3B run used data parallel 2 with expert parallelism: each GPU holds 64 of the
 128 experts and runs every rank's routed tokens through them (vLLM's all-gather /

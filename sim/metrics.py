@@ -1,9 +1,14 @@
-"""Per-request records and run summaries: TTFT, TPOT, E2E, SLO attainment, goodput.
+"""Per-request records and run summaries: TTFT, TPOT, E2E, ITL, SLO attainment, goodput.
 
 Definitions (DistServe's, used throughout):
 
 * TTFT = first token - arrival; TPOT = (last token - first token) / (output - 1), 0 for a
   one-token output; E2E = last token - arrival.
+* ITL (inter-token latency, as ``vllm bench serve`` reports it): every gap between two
+  consecutive output tokens of a request, pooled over requests (a request of ``n`` outputs
+  gives ``n - 1`` gaps, summing to its last - first token time); its mean and percentiles
+  are over that pooled list, so long requests weigh more than in TPOT. The simulator keeps
+  the gaps compactly (:meth:`sim.engine.Simulator.itl_gaps`: values and counts).
 * SLO attainment = share of *all* requests that entered (completed or not) meeting both the
   TTFT and TPOT SLOs; a rejected or failed request never meets them.
 * Goodput = the highest arrival rate at which attainment stays >= the target (see
@@ -112,7 +117,50 @@ def slo_met(df: pd.DataFrame, slo: SLO) -> np.ndarray:
             & (df.tpot_s <= slo.tpot_s)).to_numpy()
 
 
-def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 0) -> dict:
+def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
+    """``np.percentile(np.repeat(values, counts), q)`` (linear) without expanding.
+
+    Args:
+        values: the distinct values (any order).
+        counts: how many times each occurs (integers > 0).
+        q: percentile in [0, 100].
+    """
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    cum = np.cumsum(counts[order])
+    n = int(cum[-1])
+    qf = np.true_divide(q, 100)
+    h = (n - 1) * qf  # numpy's virtual index for the linear method
+    lo = min(max(int(np.floor(h)), 0), n - 1)
+    hi = min(lo + 1, n - 1)
+    g = h - np.floor(h)
+    a, b = v[np.searchsorted(cum, [lo, hi], side="right")]
+    d = b - a
+    return float(b - d * (1 - g) if g >= 0.5 else a + d * g)  # numpy's _lerp
+
+
+def itl_summary(gaps: tuple[np.ndarray, np.ndarray] | None) -> dict:
+    """ITL mean / p50 / p90 / p99 (seconds) and gap count from ``(gaps_s, counts)``.
+
+    Keys ``num_itl_gaps``, ``itl_mean_s``, ``itl_p{50,90,99}_s`` (NaN mean when no gaps);
+    ``gaps`` as :meth:`sim.engine.Simulator.itl_gaps` returns it.
+    """
+    if gaps is None:
+        return {}
+    v, w = (np.asarray(x) for x in gaps)
+    n = int(w.sum())
+    out = {"num_itl_gaps": n}
+    if not n:
+        out["itl_mean_s"] = float("nan")
+        return out
+    out["itl_mean_s"] = float(np.dot(v, w) / n)
+    for p in (50, 90, 99):
+        out[f"itl_p{p}_s"] = weighted_percentile(v, w, p)
+    return out
+
+
+def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 0,
+              itl: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Headline numbers of one run (JSON-serialisable).
 
     Args:
@@ -120,6 +168,8 @@ def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 
         slo: objectives.
         num_gpus: GPUs of the cluster (for per-GPU rates).
         num_not_entered: workload requests that never arrived (time limit), reported only.
+        itl: the run's pooled inter-token gaps (:meth:`Simulator.itl_gaps`), reported as
+            ``itl_*`` (:func:`itl_summary`) when given.
 
     Returns:
         Counts by outcome (conserved: entered = completed + rejected + failed), latency
@@ -161,6 +211,8 @@ def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 
                 out[f"{name}_p{p}_s"] = float(np.percentile(v, p))
         else:
             out[f"{name}_mean_s"] = float("nan")
+        if col == "e2e_s":
+            out.update(itl_summary(itl))
     return out
 
 
@@ -210,21 +262,32 @@ def goodput_search(
     return good, curve
 
 
-def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None) -> None:
-    """Write TTFT / TPOT / E2E CDFs of completed requests to ``path`` (PNG)."""
+def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None,
+              itl: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Write TTFT / TPOT / E2E CDFs of completed requests to ``path`` (PNG).
+
+    With ``itl`` (:meth:`Simulator.itl_gaps`) a fourth panel shows the pooled inter-token
+    gaps' CDF.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = df[df.status == int(RequestStatus.COMPLETED)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    for ax, col, lim in zip(axes, ("ttft_s", "tpot_s", "e2e_s"),
-                            (slo.ttft_s if slo else None, slo.tpot_s if slo else None, None),
-                            strict=True):
-        v = np.sort(done[col].dropna().to_numpy())
-        if v.size:
-            ax.plot(v, np.arange(1, v.size + 1) / v.size)
+    cols = ["ttft_s", "tpot_s", "e2e_s"] + (["itl_s"] if itl is not None else [])
+    lims = [slo.ttft_s if slo else None, slo.tpot_s if slo else None, None, None]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4))
+    for ax, col, lim in zip(axes, cols, lims[:len(cols)], strict=True):
+        if col == "itl_s":
+            order = np.argsort(itl[0], kind="stable")
+            v, c = np.asarray(itl[0])[order], np.cumsum(np.asarray(itl[1])[order])
+            if v.size:
+                ax.plot(v, c / c[-1])
+        else:
+            v = np.sort(done[col].dropna().to_numpy())
+            if v.size:
+                ax.plot(v, np.arange(1, v.size + 1) / v.size)
         if lim:
             ax.axvline(lim, color="r", ls="--", lw=0.8, label="SLO")
             ax.legend(fontsize=7)

@@ -106,7 +106,7 @@ def simulate_once(cfg: SimulateConfig, workload: Workload):
     wall = time.perf_counter() - t0
     df = records(sim.entered_requests())
     summary = summarize(df, cfg.slo, cfg.cluster.num_gpus_used(),
-                        num_not_entered=len(workload) - sim.num_entered)
+                        num_not_entered=len(workload) - sim.num_entered, itl=sim.itl_gaps())
     summary.update(wall_s=wall, num_events=sim.num_events, num_iterations=sim.num_iterations)
     return df, summary, sim
 
@@ -120,9 +120,9 @@ def run_simulation(cfg: SimulateConfig, out_dir: Path | str = ".") -> dict:
     logger.info("workload %s: %d requests at %.3f req/s", workload.name, len(workload),
                 workload.rate_per_s)
     if cfg.sweep.mode == "single":
-        df, summary, _ = simulate_once(cfg, workload)
+        df, summary, sim = simulate_once(cfg, workload)
         df.to_csv(out / "records.csv", index=False)
-        plot_cdfs(df, out / "latency_cdf.png", cfg.slo)
+        plot_cdfs(df, out / "latency_cdf.png", cfg.slo, itl=sim.itl_gaps())
     elif cfg.sweep.mode == "rates":
         rows = []
         for scale in cfg.sweep.rate_scales:

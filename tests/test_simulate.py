@@ -54,6 +54,11 @@ def test_single_run_writes_records_summary_and_plot(tmp_path):
     done = df[df.outcome == "completed"]
     assert (done.ttft_s <= done.e2e_s).all() and (done.lead == 0).all()
     assert on_disk["ttft_mean_s"] == pytest.approx(done.ttft_s.mean())
+    # ITL: output - 1 gaps per completed request, summing to its last - first token time
+    assert on_disk["num_itl_gaps"] == int((done.output_tokens - 1).sum())
+    assert on_disk["itl_mean_s"] * on_disk["num_itl_gaps"] == pytest.approx(
+        (done.finish_s - done.first_token_s).sum(), rel=1e-9)
+    assert on_disk["itl_p50_s"] <= on_disk["itl_p90_s"] <= on_disk["itl_p99_s"]
     assert 0.0 <= on_disk["slo_attainment"] <= 1.0
     assert (tmp_path / "latency_cdf.png").stat().st_size > 1000
 

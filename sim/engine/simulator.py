@@ -29,6 +29,16 @@ when the run already holds that iteration's KV blocks (else after the one in fli
 next iteration is planned alone, without the arrival): no run is planned while something
 waits to become visible, so fast-forward stays exact.
 
+Inter-token gaps (vLLM's ITL, :meth:`Simulator.itl_gaps`) are kept exactly and compactly. A
+token is sampled when an iteration ends, and an instance's iterations run back to back, so a
+token whose request sampled its previous one as the iteration began has that iteration's
+duration as its gap: a single iteration appends its duration and that number of tokens, a
+decode run its line, length and batch size. The other gaps (a hand-over to the Follow, a
+preemption's recompute, a token the budget held back, a decode-batch newcomer's first token
+after one of these) are appended one by one. Explicitly scheduled requests are checked per
+iteration against their last seen token (time and output count, per request); decode-batch
+members are checked only when they join (the batch's join numbers ascend) or leave it.
+
 Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
 environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
 ``sim.view()`` snapshots the cluster, ``sim.route(decision)`` places it.
@@ -40,6 +50,7 @@ import gc
 import heapq
 import itertools
 import logging
+from array import array
 from enum import IntEnum
 from itertools import compress
 from operator import add, attrgetter
@@ -81,7 +92,8 @@ TRANSFER_END = int(EventKind.TRANSFER_END)
 class _Op:
     """What an instance is executing: one planned iteration, or a decode run of k iterations."""
 
-    __slots__ = ("plan", "k_done", "line", "start_s", "end_s", "version", "last_start_s")
+    __slots__ = ("plan", "k_done", "line", "start_s", "end_s", "version", "last_start_s",
+                 "itl_w")
 
     def __init__(self) -> None:
         self.plan = None
@@ -92,6 +104,8 @@ class _Op:
         self.version = 0
         self.last_start_s = 0.0
         """Start of its last iteration (async-scheduling instances only)."""
+        self.itl_w = 0
+        """Tokens its (first) iteration samples whose gap is that iteration's duration."""
 
 
 class Simulator:
@@ -188,6 +202,24 @@ class Simulator:
         self.num_iterations = 0
         self.num_runs = 0
         self.finished = False
+        # inter-token gaps (see itl_gaps)
+        self._tok_t = [0.0] * n
+        """Per request: when its last explicitly seen token was sampled, seconds. A decode
+        batch member's later tokens are implicit (its instance's iterations)."""
+        self._tok_n = [0] * n
+        """Per request: its output count at that token (< num_output_tokens once a decode
+        batch sampled more)."""
+        self._itl_dts = array("d")
+        """Single iterations that sampled regular tokens: duration, seconds ..."""
+        self._itl_ws = array("q")
+        """... and how many tokens had that duration as their gap."""
+        self._itl_runs: list[tuple] = []
+        """Decode runs: ``(line, k, seqs, weight of the first iteration)``."""
+        self._itl_irr = array("d")
+        """Every other gap (hand-over, recompute, starved by the token budget), seconds."""
+        self._itl_seen = [0] * len(insts)
+        """Per instance: decode-batch join numbers below this already ran an iteration there
+        (or left): the members whose gaps are their instance's iteration durations."""
 
     # ---- public driving API ----------------------------------------------------------------
     def run(self) -> list[Request]:
@@ -226,6 +258,8 @@ class Simulator:
         insts = self.instances
         heappop = heapq.heappop
         on_stop = self._on_stop
+        sampled = self._sampled
+        runs_append = self._itl_runs.append
         # the next arrival's time is fixed until this call returns it
         t_arr = arrivals[self._cursor] if self._cursor < len(arrivals) else INF
         while True:
@@ -253,15 +287,14 @@ class Simulator:
                         plan = op.plan
                         if plan is not None:
                             stopped = inst.complete(plan)
-                            for r in plan.reqs:
-                                if r.num_output_tokens == 1 and r.first_token_s < 0:
-                                    r.first_token_s = t
+                            sampled(op, plan.reqs, t)
                             self.num_iterations += 1
                             op.plan = None
                         else:
                             k = op.k_done
                             stopped = inst.finish_decode_run(k)
                             self.num_iterations += k
+                            runs_append((op.line, k, inst._run_seqs, op.itl_w))
                             op.line = None
                         for r in stopped:
                             on_stop(inst, r, t)
@@ -369,6 +402,45 @@ class Simulator:
         else:
             self._touch(r.lead)
         return r
+
+    def itl_gaps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every inter-token gap sampled so far, pooled over requests (vLLM's ITL), compactly.
+
+        A gap is the time between two consecutive output tokens of one request. A running
+        request samples at the end of each iteration of its instance, and iterations run back
+        to back, so most gaps are iteration durations: a single iteration is recorded once
+        with the number of tokens whose gap it is, a decode run of ``k`` iterations of ``n``
+        sequences as its line (``k`` durations, each ``n`` times). The others are recorded
+        one by one: output ``split + 1`` on the Follow (KV transfer, waiting for blocks, a
+        planned-ahead iteration under async scheduling), the token after a preemption's
+        recompute, a token the budget held back an iteration or more. Gaps of requests the
+        time limit failed are included (without a time limit every gap is a completed
+        request's). Expanded here, vectorised.
+
+        Returns:
+            ``(gaps_s, counts)``: distinct-ish gap values, seconds, and how many times each
+            occurs (int64, > 0); ``counts.sum()`` gaps in all.
+        """
+        vals = [np.array(self._itl_dts, np.float64), np.array(self._itl_irr, np.float64)]
+        cnts = [np.array(self._itl_ws, np.int64), np.ones(len(self._itl_irr), np.int64)]
+        runs = self._itl_runs
+        if runs:
+            a, s, f, c = (np.array(x, np.float64) for x in zip(*(r[0] for r in runs),
+                                                                strict=True))
+            k = np.fromiter((r[1] for r in runs), np.int64, len(runs))
+            seqs = np.fromiter((r[2] for r in runs), np.int64, len(runs))
+            first = np.fromiter((r[3] for r in runs), np.int64, len(runs))
+            run = np.repeat(np.arange(len(runs)), k)
+            starts = np.cumsum(k) - k
+            j = np.arange(run.size, dtype=np.int64) - starts[run]
+            # t_j = max(floor, a + slope * j) + const (DecodeLine), as the run timed it
+            vals.append(np.maximum(f[run], a[run] + s[run] * j) + c[run])
+            w = seqs[run]
+            w[starts] = first
+            cnts.append(w)
+        v, w = np.concatenate(vals), np.concatenate(cnts)
+        keep = w > 0
+        return v[keep], w[keep]
 
     def entered_requests(self) -> list[Request]:
         """Requests that arrived (in arrival order)."""
@@ -540,8 +612,11 @@ class Simulator:
             if k:
                 self._begin_run(idx, inst, op, k)
                 return
+        running = len(inst._batch) + len(inst._tail)
         plan = inst.schedule()
         if plan is None:
+            if running:  # it preempted every running request
+                self._itl_preempted(inst, running)
             if not self._cancel_stuck_handover(inst):
                 return
             plan = inst.schedule()
@@ -568,7 +643,10 @@ class Simulator:
             if k:
                 self._begin_run(idx, inst, op, k)
                 return
+        running = len(inst._batch) + len(inst._tail)
         plan = inst.schedule(ready_by) if deferred else inst.schedule()
+        if plan is None and running:  # it preempted every running request
+            self._itl_preempted(inst, running)
         if plan is None and deferred:
             # the iteration would be empty: the engine idles and schedules at once what
             # became ready while the last iteration ran
@@ -594,6 +672,9 @@ class Simulator:
         op.k_done = k
         op.start_s = now
         op.end_s = end = now + cum_time_s(line, k)
+        seqs = inst._run_seqs
+        op.itl_w = seqs if inst._joins == self._itl_seen[idx] else seqs - self._itl_joined(
+            idx, inst, now + cum_time_s(line, 1))
         if self._async[idx]:
             op.last_start_s = now + cum_time_s(line, k - 1)
         inst.busy = True
@@ -615,9 +696,101 @@ class Simulator:
         op.line = None
         op.start_s = op.last_start_s = now
         op.end_s = end = now + dt
+        # inter-token gaps: the decode batch's members that ran the last iteration here
+        # sample with a gap of this iteration's duration; newcomers and requests that left
+        # the batch now are settled here (see itl_gaps)
+        b = plan.batch_seqs
+        if b and inst._joins != self._itl_seen[idx]:
+            b -= self._itl_joined(idx, inst, end)
+        op.itl_w = b
+        if plan.num_preempted or len(inst._tail) > len(plan.reqs):
+            self._itl_left_batch(inst, plan)
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
+
+    def _sampled(self, op: _Op, reqs: list[Request], t: float) -> None:
+        """After a single iteration ending at ``t``: first-token times and inter-token gaps.
+
+        A request of ``reqs`` (the plan's explicitly scheduled ones) sampled a token when its
+        output count moved. Its gap is the iteration's duration when its last token was
+        sampled as the iteration started (or it left the decode batch then: its count moved
+        by more than one), else an irregular gap is recorded. The iteration's duration is
+        recorded once, with the number of tokens it is the gap of.
+        """
+        tok_t, tok_n = self._tok_t, self._tok_n
+        w = op.itl_w
+        start = op.start_s
+        for r in reqs:
+            out = r.num_output_tokens
+            rid = r.rid
+            if out != tok_n[rid]:
+                if out == 1:
+                    r.first_token_s = t
+                else:
+                    prev = tok_t[rid]
+                    if prev == start or out - tok_n[rid] > 1:
+                        w += 1
+                    else:
+                        self._itl_irr.append(t - prev)
+                tok_t[rid] = t
+                tok_n[rid] = out
+        if w:
+            self._itl_dts.append(t - start)
+            self._itl_ws.append(w)
+
+    def _itl_joined(self, idx: int, inst: Instance, first_end_s: float) -> int:
+        """Settle the decode batch's newcomers on ``inst`` as its next iteration starts.
+
+        A newcomer whose last token was not sampled when the last iteration here ended (now)
+        gets an irregular gap, ending at ``first_end_s`` (end of the first iteration).
+
+        Returns:
+            How many newcomers got one (the rest sample with the iteration's duration).
+        """
+        seen = self._itl_seen[idx]
+        self._itl_seen[idx] = inst._joins
+        batch = inst._batch
+        now = self.now_s
+        tok_t = self._tok_t
+        n = 0
+        for seq in reversed(batch):  # join numbers ascend: newcomers are the last entries
+            if seq < seen:
+                break
+            prev = tok_t[batch[seq][0].rid]
+            if prev != now:
+                self._itl_irr.append(first_end_s - prev)
+                n += 1
+        return n
+
+    def _itl_left_batch(self, inst: Instance, plan) -> None:
+        """Requests that left the decode batch while ``plan`` was built, not sampling in it.
+
+        Preempted ones (the first ``num_preempted`` of the queue) and those the token budget
+        left out (the running tail behind ``plan.reqs``) sampled their last token when the
+        last iteration here ended (now) if they ran in the batch since their last explicit
+        token.
+        """
+        left = list(itertools.islice(inst.waiting, plan.num_preempted))
+        self._itl_left(left + inst._tail[len(plan.reqs):])
+
+    def _itl_preempted(self, inst: Instance, running: int) -> None:
+        """A plan came out empty: the ``running`` requests it had were all preempted."""
+        self._itl_left(itertools.islice(inst.waiting, running))
+
+    def _itl_left(self, reqs) -> None:
+        """Settle the last token of requests that just left a decode batch (or never joined).
+
+        One that sampled in the batch since its last explicit token sampled its last token
+        when the last iteration here ended (now).
+        """
+        tok_t, tok_n = self._tok_t, self._tok_n
+        now = self.now_s
+        for r in reqs:
+            out = r.num_output_tokens
+            if out != tok_n[r.rid]:
+                tok_t[r.rid] = now
+                tok_n[r.rid] = out
 
     @staticmethod
     def _join_ready(inst: Instance, ready_by: float) -> None:
@@ -642,14 +815,13 @@ class Simulator:
         now = self.now_s
         if op.plan is not None:
             stopped = inst.complete(op.plan)
-            for r in op.plan.reqs:
-                if r.num_output_tokens == 1 and r.first_token_s < 0:
-                    r.first_token_s = now
+            self._sampled(op, op.plan.reqs, now)
             self.num_iterations += 1
             op.plan = None
         else:
             stopped = inst.finish_decode_run(op.k_done)
             self.num_iterations += op.k_done
+            self._itl_runs.append((op.line, op.k_done, inst._run_seqs, op.itl_w))
             op.line = None
         for r in stopped:
             self._on_stop(inst, r, now)
@@ -663,6 +835,8 @@ class Simulator:
             return
         r.status = RequestStatus.AWAITING_TRANSFER
         r.lead_done_s = t
+        self._tok_t[r.rid] = t  # its next token comes from elsewhere (an irregular gap)
+        self._tok_n[r.rid] = r.num_output_tokens
         inst.num_transfers_out += 1
         inst.awaiting_out.append(r)
         follow = self.instances[r.follow]
