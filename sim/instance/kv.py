@@ -133,9 +133,10 @@ class KVCache:
 
     def allocate(self, n: int) -> bool:
         """Take ``n`` blocks, evicting unreferenced cache entries if needed; False if short."""
-        if n > self.num_blocks - self.num_used:
+        free = self.num_blocks - self.num_used
+        if n > free:
             return False
-        empty = self.num_blocks - self.num_used - self.num_evictable
+        empty = free - self.num_evictable
         if n > empty:
             self.version += 1
             bph = self.blocks_per_hash

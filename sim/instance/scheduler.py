@@ -43,9 +43,13 @@ _NO_HIT = ((), 0, 0)
 """A prefix match that found nothing: ``(keys, hit_tokens, evictable_blocks)``."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class IterationPlan:
-    """One scheduled iteration: who runs how many tokens, and the batch sums for sim/perf."""
+    """One scheduled iteration: who runs how many tokens, and the batch sums for sim/perf.
+
+    ``IterationPlan()`` is an empty plan (the fields' defaults), built once per iteration by a
+    plain ``__init__`` (a dataclass's generated one, with its default factories, costs more).
+    """
 
     reqs: list[Request] = field(default_factory=list)
     """Scheduled requests, in schedule order."""
@@ -67,6 +71,14 @@ class IterationPlan:
     batch_reqs: list[Request] | None = None
     """The decode-batch members, listed only when the instance's ``record_batch_members`` is
     set (tests; building the list is O(batch))."""
+
+    def __init__(self) -> None:
+        self.reqs = []
+        self.num_new = []
+        self.num_prefill_tokens = self.num_prefill_seqs = self.prefill_ctx_tokens = 0
+        self.prefill_new_x_ctx = self.prefill_new_sq = self.num_decode_seqs = 0
+        self.decode_ctx_tokens = self.num_preempted = self.batch_seqs = 0
+        self.batch_reqs = None
 
     def shape_args(self) -> tuple[int, int, int, int, int, int, int]:
         """The seven batch sums in :meth:`LatencyBackend.iteration_time_s` order."""
@@ -418,7 +430,10 @@ class Instance:
                 r.num_cached_prompt_tokens = 0
             if keys:
                 self._take_prefix(r, keys, hit)
-            kv.allocate(need)
+            if need > kv.num_blocks - kv.num_used - kv.num_evictable:
+                kv.allocate(need)  # evicts cached entries
+            else:
+                kv.num_used += need  # (kv.allocate of empty blocks, inlined)
             r.num_blocks += need
             waiting.popleft()
             tail.append(r)
