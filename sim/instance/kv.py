@@ -142,6 +142,15 @@ class KVCache:
             bph = self.blocks_per_hash
             refs = self._refs
             if self._runs:
+                lru = self._lru
+                key = next(iter(lru))
+                if key < 0:  # the usual case: the front run alone gives enough blocks
+                    run = lru[key]
+                    if run[2] - run[1] > n - empty:
+                        run[2] -= n - empty  # (_evict, inlined)
+                        self.num_evictable -= n - empty
+                        self.num_used += n
+                        return True
                 self._evict(n - empty)
             elif bph == 1:  # every entry is one block: evict exactly the shortfall
                 lru = self._lru
@@ -255,14 +264,16 @@ class KVCache:
             self._runs[run[0]].append(rest)
 
     @staticmethod
-    def _own_range(hashes: tuple) -> tuple[int, int] | None:
-        """``(rid, first)`` if ``hashes == tuple(self_keys(rid, first, len(hashes)))``."""
+    def _own_range(hashes: tuple | range) -> tuple[int, int] | None:
+        """``(rid, first)`` if ``hashes`` holds ``self_keys(rid, first, len(hashes))``."""
         top = -hashes[0] - 1
         rid, first = top >> 24, top & 0xFFFFFF
         n = len(hashes)
-        if first + n > 1 << 24 or hashes != tuple(self_keys(rid, first, n)):
+        if first + n > 1 << 24:
             return None
-        return rid, first
+        if type(hashes) is range:
+            return (rid, first) if hashes.step == -1 else None
+        return (rid, first) if hashes == tuple(self_keys(rid, first, n)) else None
 
     def resident(self, key: int) -> bool:
         """Whether entry ``key`` (a prompt hash or :func:`self_key`) is in the cache."""
@@ -285,12 +296,18 @@ class KVCache:
             h += 1
         return h
 
-    def _parse_keep(self, keep: tuple) -> tuple:
+    def _parse_keep(self, keep: tuple | range) -> tuple:
         """``(keep, frozenset of its prompt hashes, {rid: sorted own blocks}, all keys)``."""
         memo = self._keep_memo
         if memo is not None and memo[0] is keep:
             return memo
         own: dict[int, list[int]] = {}
+        if type(keep) is range and keep[-1] < 0:  # own blocks only (one request's, usually)
+            span = self._own_range(keep)
+            if span is not None:
+                memo = self._keep_memo = (keep, frozenset(), {span[0]: list(
+                    range(span[1], span[1] + len(keep)))}, keep)
+                return memo
         for key in keep:
             if key < 0:
                 own.setdefault((-key - 1) >> 24, []).append((-key - 1) & 0xFFFFFF)
@@ -300,7 +317,7 @@ class KVCache:
                                   frozenset(keep))
         return memo
 
-    def evictable_before(self, want: int, keep: tuple) -> int:
+    def evictable_before(self, want: int, keep: tuple | range) -> int:
         """Evictable blocks, in eviction order, up to ``want`` and before any key in ``keep``.
 
         Allocations evict the least recently used entries first, so evicting ``d`` more blocks
@@ -328,7 +345,7 @@ class KVCache:
                 break
         return got
 
-    def _evictable_before_runs(self, want: int, keep: tuple) -> int:
+    def _evictable_before_runs(self, want: int, keep: tuple | range) -> int:
         """:meth:`evictable_before` when the LRU holds runs of own blocks."""
         bph = self.blocks_per_hash
         _, prompt, own, _ = self._parse_keep(keep) if keep else (None, (), {}, None)
@@ -366,7 +383,7 @@ class KVCache:
         refs = self._refs
         return list(map(refs.__getitem__, hashes)).count(0) * self.blocks_per_hash
 
-    def acquire(self, hashes: tuple) -> None:
+    def acquire(self, hashes: tuple | range) -> None:
         """Take a reference to resident entries (a new request reusing a cached prefix)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
@@ -406,7 +423,7 @@ class KVCache:
         self.num_evictable -= moved
         self.num_used += moved
 
-    def release(self, hashes: tuple) -> None:
+    def release(self, hashes: tuple | range) -> None:
         """Drop references; unreferenced entries become evictable (most recent last)."""
         refs, lru = self._refs, self._lru
         bph = self.blocks_per_hash
@@ -500,8 +517,14 @@ class KVCache:
         if not self.enable_prefix_caching or limit <= 0:
             return 0
         runs = self._runs.get(rid)
-        if runs is None and rid not in self._held:
-            return 0
+        if rid not in self._held:  # all of its resident own blocks are in its runs
+            if runs is None:
+                return 0
+            if len(runs) == 1:  # the usual case: one run, nothing resident past its end
+                lo, hi = runs[0][1], runs[0][2]
+                if not lo <= first < hi:
+                    return 0
+                return hi - first if hi - first < limit else limit
         refs = self._refs
         n = 0
         while n < limit:

@@ -465,30 +465,35 @@ class Instance:
         """:meth:`_prefix_hit` computed from the cache (no memo)."""
         kv = self.kv
         h = kv.match_prefix(r.hashes, r.num_prompt_tokens) if r.hashes is not None else 0
-        keys = tuple(r.hashes[:h].tolist()) if h else ()
-        first = h * kv.blocks_per_hash
-        pinned = kv.evictable_blocks(keys) if h else 0
+        if h:
+            keys = tuple(r.hashes[:h].tolist())
+            first = h * kv.blocks_per_hash
+            pinned = kv.evictable_blocks(keys)
+        else:
+            keys, first, pinned = (), 0, 0
         if r.num_preemptions and kv.enable_prefix_caching:
             limit = (r.num_tokens - 1) // kv.block_size - first  # recompute >= 1 token
             own = kv.match_own_blocks(r.rid, first, limit)
             if own:
-                keys += self._own_keys(r.rid, first, own)
+                mine = self._own_keys(r.rid, first, own)
+                keys = keys + tuple(mine) if keys else mine
                 first += own
                 pinned += own  # a waiting request's own entries are unreferenced (evictable)
         if not keys:
             return _NO_HIT
         return keys, first * kv.block_size, pinned
 
-    def _own_keys(self, rid: int, first: int, count: int) -> tuple:
-        """``tuple(self_keys(rid, first, count))``, the same tuple while the query repeats.
+    def _own_keys(self, rid: int, first: int, count: int) -> range:
+        """``self_keys(rid, first, count)``, the same object while the query repeats.
 
-        A waiting head is matched again and again; its own keys are built once (and the
-        same object keeps :meth:`KVCache.evictable_before`'s memo of the kept keys valid).
+        A waiting head is matched again and again; the same object keeps
+        :meth:`KVCache.evictable_before`'s memo of the kept keys valid. (Without prompt
+        hashes a request's cache keys are this ``range``: nothing per block is built.)
         """
         memo = self._own_keys_memo
         if memo[0] == rid and memo[1] == first and memo[2] == count:
             return memo[3]
-        keys = tuple(self_keys(rid, first, count))
+        keys = self_keys(rid, first, count)
         self._own_keys_memo = (rid, first, count, keys)
         return keys
 

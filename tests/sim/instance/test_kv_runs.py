@@ -168,7 +168,8 @@ class Scenario:
             own = self.both("match_own_blocks", rid, first, int(rng.integers(0, 40)))
             if own and rng.random() < 0.3:
                 own = int(rng.integers(1, own + 1))  # take fewer (a shorter limit)
-            keys += tuple(self_keys(rid, first, own))
+            mine = self_keys(rid, first, own)  # the scheduler passes a range when it can
+            keys = mine if own and not keys and rng.random() < 0.7 else keys + tuple(mine)
             for want in (0, 1, 5, 30):
                 self.both("evictable_before", want, keys)
         private = int(rng.integers(0, 12))
