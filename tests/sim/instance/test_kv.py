@@ -230,8 +230,8 @@ def own_run(kv: KVCache, rid: int, first: int, limit: int) -> int:
     return n
 
 
-def test_own_block_match_follows_lru_evictions_after_it_was_memoised():
-    """A waiting request's own-block match is memoised; evictions since then shrink it."""
+def test_own_block_match_follows_lru_evictions():
+    """Evictions shrink a waiting request's own-block match, its run's tail first."""
     kv = KVCache(100)
     for rid, blocks in ((1, 10), (2, 30), (3, 20)):
         assert kv.allocate(blocks)
