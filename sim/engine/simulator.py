@@ -52,8 +52,8 @@ import itertools
 import logging
 from array import array
 from enum import IntEnum
-from itertools import compress
-from operator import add, attrgetter
+from itertools import chain, compress
+from operator import add, attrgetter, itemgetter
 
 import numpy as np
 
@@ -72,6 +72,9 @@ _QUEUED = attrgetter("queued_prefill_tokens")
 _TRANSFERS_IN = attrgetter("num_transfers_in")
 _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
+RUNS_PACKED = 1 << 14
+_RUN_LINE, _RUN_INTS = itemgetter(0), itemgetter(1, 2, 3)
+"""Decode runs recorded (for inter-token gaps) before they are packed into arrays."""
 RUNNING = RequestStatus.RUNNING
 TRANSFERRING = RequestStatus.TRANSFERRING
 _decode_line = tuple.__new__
@@ -214,10 +217,17 @@ class Simulator:
         self._itl_ws = array("q")
         """... and how many tokens had that duration as their gap."""
         self._itl_runs: list[tuple] = []
-        """Decode runs: ``(line, k, seqs, weight of the first iteration)``."""
+        """Decode runs not yet packed: ``(line, k, seqs, weight of the first iteration)``."""
+        self._itl_run_chunks: list[tuple[np.ndarray, np.ndarray]] = []
+        """Packed decode runs: lines ``(m, 4)`` float64 and ``(k, seqs, weight)`` ``(m, 3)``
+        int64 (see _pack_runs)."""
         self._itl_irr = array("d")
         """Every other gap (hand-over, recompute, starved by the token budget), seconds."""
         self._itl_seen = [0] * len(insts)
+        self._itl_odd = [False] * len(insts)
+        """Per instance: a request may have joined the decode batch without sampling when its
+        last iteration ended (a hand-in, one the budget held back, a recompute chunk); until
+        newcomers are checked every one of them is taken to have sampled then."""
         """Per instance: decode-batch join numbers below this already ran an iteration there
         (or left): the members whose gaps are their instance's iteration durations."""
 
@@ -287,7 +297,7 @@ class Simulator:
                         plan = op.plan
                         if plan is not None:
                             stopped = inst.complete(plan)
-                            sampled(op, plan.reqs, t)
+                            sampled(a, op, plan.reqs, t)
                             self.num_iterations += 1
                             op.plan = None
                         else:
@@ -403,6 +413,18 @@ class Simulator:
             self._touch(r.lead)
         return r
 
+    def _pack_runs(self) -> None:
+        """Move the recorded decode runs into compact arrays (56 bytes a run, no objects)."""
+        runs = self._itl_runs
+        if runs:
+            m = len(runs)
+            self._itl_run_chunks.append((
+                np.fromiter(chain.from_iterable(map(_RUN_LINE, runs)), np.float64, 4 * m)
+                .reshape(m, 4),
+                np.fromiter(chain.from_iterable(map(_RUN_INTS, runs)), np.int64, 3 * m)
+                .reshape(m, 3)))
+            runs.clear()
+
     def itl_gaps(self) -> tuple[np.ndarray, np.ndarray]:
         """Every inter-token gap sampled so far, pooled over requests (vLLM's ITL), compactly.
 
@@ -423,14 +445,13 @@ class Simulator:
         """
         vals = [np.array(self._itl_dts, np.float64), np.array(self._itl_irr, np.float64)]
         cnts = [np.array(self._itl_ws, np.int64), np.ones(len(self._itl_irr), np.int64)]
-        runs = self._itl_runs
-        if runs:
-            a, s, f, c = (np.array(x, np.float64) for x in zip(*(r[0] for r in runs),
-                                                                strict=True))
-            k = np.fromiter((r[1] for r in runs), np.int64, len(runs))
-            seqs = np.fromiter((r[2] for r in runs), np.int64, len(runs))
-            first = np.fromiter((r[3] for r in runs), np.int64, len(runs))
-            run = np.repeat(np.arange(len(runs)), k)
+        self._pack_runs()
+        if self._itl_run_chunks:
+            lines = np.concatenate([x[0] for x in self._itl_run_chunks])
+            ints = np.concatenate([x[1] for x in self._itl_run_chunks])
+            a, s, f, c = lines.T
+            k, seqs, first = ints.T
+            run = np.repeat(np.arange(k.size), k)
             starts = np.cumsum(k) - k
             j = np.arange(run.size, dtype=np.int64) - starts[run]
             # t_j = max(floor, a + slope * j) + const (DecodeLine), as the run timed it
@@ -476,6 +497,8 @@ class Simulator:
             hashes = w.hash_ids[w.hash_offsets[i]: w.hash_offsets[i + 1]]
         r = Request(i, self._arrivals[i], self._prompts[i], self._outputs[i], hashes)
         self.requests[i] = r
+        if len(self._itl_runs) >= RUNS_PACKED:
+            self._pack_runs()
         self._pending = r
         return make_request_info(i, r.arrival_s, r.num_prompt_tokens, self._predicted[i])
 
@@ -600,6 +623,7 @@ class Simulator:
                 inst.add_running(r)
             inst.num_transfers_in -= len(ready)
             ready.clear()
+            self._itl_odd[idx] = True  # hand-ins: their next gap is irregular
         pending = inst.pending_kv
         # (the test _try_pull starts with, for an idle instance: a free slot and the blocks)
         if pending and (len(inst._batch) + len(inst._tail) + inst.num_transfers_in
@@ -612,11 +636,9 @@ class Simulator:
             if k:
                 self._begin_run(idx, inst, op, k)
                 return
-        running = len(inst._batch) + len(inst._tail)
         plan = inst.schedule()
         if plan is None:
-            if running:  # it preempted every running request
-                self._itl_preempted(inst, running)
+            self._itl_preempted(inst)
             if not self._cancel_stuck_handover(inst):
                 return
             plan = inst.schedule()
@@ -635,6 +657,7 @@ class Simulator:
         ready = inst.ready_kv
         if ready:
             self._join_ready(inst, ready_by)
+            self._itl_odd[idx] = True  # hand-ins: their next gap is irregular
         if inst.pending_kv:
             self._try_pull(inst)
         deferred = bool(ready or (inst.waiting and inst.waiting[-1].arrival_s > ready_by))
@@ -643,14 +666,14 @@ class Simulator:
             if k:
                 self._begin_run(idx, inst, op, k)
                 return
-        running = len(inst._batch) + len(inst._tail)
         plan = inst.schedule(ready_by) if deferred else inst.schedule()
-        if plan is None and running:  # it preempted every running request
-            self._itl_preempted(inst, running)
+        if plan is None:
+            self._itl_preempted(inst)
         if plan is None and deferred:
             # the iteration would be empty: the engine idles and schedules at once what
             # became ready while the last iteration ran
             self._join_ready(inst, INF)
+            self._itl_odd[idx] = True
             plan = inst.schedule()
         if plan is None:
             if not self._cancel_stuck_handover(inst):
@@ -672,9 +695,12 @@ class Simulator:
         op.k_done = k
         op.start_s = now
         op.end_s = end = now + cum_time_s(line, k)
-        seqs = inst._run_seqs
-        op.itl_w = seqs if inst._joins == self._itl_seen[idx] else seqs - self._itl_joined(
-            idx, inst, now + cum_time_s(line, 1))
+        op.itl_w = inst._run_seqs
+        if inst._joins != self._itl_seen[idx]:  # (see _begin_iteration)
+            if self._itl_odd[idx]:
+                op.itl_w -= self._itl_joined(idx, inst, now + cum_time_s(line, 1))
+            else:
+                self._itl_seen[idx] = inst._joins
         if self._async[idx]:
             op.last_start_s = now + cum_time_s(line, k - 1)
         inst.busy = True
@@ -701,15 +727,18 @@ class Simulator:
         # the batch now are settled here (see itl_gaps)
         b = plan.batch_seqs
         if b and inst._joins != self._itl_seen[idx]:
-            b -= self._itl_joined(idx, inst, end)
+            if self._itl_odd[idx]:  # a newcomer may not have sampled as this one started
+                b -= self._itl_joined(idx, inst, end)
+            else:
+                self._itl_seen[idx] = inst._joins
         op.itl_w = b
         if plan.num_preempted or len(inst._tail) > len(plan.reqs):
-            self._itl_left_batch(inst, plan)
+            self._itl_left_batch(idx, inst, plan)
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
 
-    def _sampled(self, op: _Op, reqs: list[Request], t: float) -> None:
+    def _sampled(self, idx: int, op: _Op, reqs: list[Request], t: float) -> None:
         """After a single iteration ending at ``t``: first-token times and inter-token gaps.
 
         A request of ``reqs`` (the plan's explicitly scheduled ones) sampled a token when its
@@ -735,6 +764,8 @@ class Simulator:
                         self._itl_irr.append(t - prev)
                 tok_t[rid] = t
                 tok_n[rid] = out
+            elif out:  # a recompute chunk: it may join the decode batch without sampling
+                self._itl_odd[idx] = True
         if w:
             self._itl_dts.append(t - start)
             self._itl_ws.append(w)
@@ -750,6 +781,7 @@ class Simulator:
         """
         seen = self._itl_seen[idx]
         self._itl_seen[idx] = inst._joins
+        self._itl_odd[idx] = False
         batch = inst._batch
         now = self.now_s
         tok_t = self._tok_t
@@ -763,7 +795,7 @@ class Simulator:
                 n += 1
         return n
 
-    def _itl_left_batch(self, inst: Instance, plan) -> None:
+    def _itl_left_batch(self, idx: int, inst: Instance, plan) -> None:
         """Requests that left the decode batch while ``plan`` was built, not sampling in it.
 
         Preempted ones (the first ``num_preempted`` of the queue) and those the token budget
@@ -772,11 +804,27 @@ class Simulator:
         token.
         """
         left = list(itertools.islice(inst.waiting, plan.num_preempted))
-        self._itl_left(left + inst._tail[len(plan.reqs):])
+        held = inst._tail[len(plan.reqs):]
+        if held:
+            self._itl_odd[idx] = True  # they may join the decode batch without sampling
+        self._itl_left(left + held)
 
-    def _itl_preempted(self, inst: Instance, running: int) -> None:
-        """A plan came out empty: the ``running`` requests it had were all preempted."""
-        self._itl_left(itertools.islice(inst.waiting, running))
+    def _itl_preempted(self, inst: Instance) -> None:
+        """A plan came out empty: any running request it had was preempted.
+
+        The victims went to the front of the queue in reverse running order, so the decode
+        batch's members that already sampled there (its oldest, preempted last) come first:
+        they are exactly the leading requests whose output count moved since their last
+        explicit token (every other queued request's was settled when it was preempted).
+        """
+        tok_t, tok_n = self._tok_t, self._tok_n
+        now = self.now_s
+        for r in inst.waiting:
+            out = r.num_output_tokens
+            if out == tok_n[r.rid]:
+                return
+            tok_t[r.rid] = now
+            tok_n[r.rid] = out
 
     def _itl_left(self, reqs) -> None:
         """Settle the last token of requests that just left a decode batch (or never joined).
@@ -815,7 +863,7 @@ class Simulator:
         now = self.now_s
         if op.plan is not None:
             stopped = inst.complete(op.plan)
-            self._sampled(op, op.plan.reqs, now)
+            self._sampled(idx, op, op.plan.reqs, now)
             self.num_iterations += 1
             op.plan = None
         else:
@@ -921,6 +969,7 @@ class Simulator:
         r.lead_done_s = -1.0
         r.status = RequestStatus.RUNNING
         inst.add_running(r)
+        self._itl_odd[inst.index] = True
         logger.debug("request %d: hand-over cancelled on instance %d", r.rid, inst.index)
         self._try_pull(follow)  # its queue head changed
         return True
