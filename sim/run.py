@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,8 @@ def simulate_once(cfg: SimulateConfig, workload: Workload):
     router = make_router(cfg.router.name, **({"seed": cfg.router.seed}
                                                if cfg.router.name == "random" else {}))
     t0 = time.perf_counter()
-    sim = Simulator(cfg.model, cfg.hardware, cfg.cluster, cfg.sim, workload, router, pred_rng)
+    sim_cfg = replace(cfg.sim, record_itl=True)  # the summary reports ITL
+    sim = Simulator(cfg.model, cfg.hardware, cfg.cluster, sim_cfg, workload, router, pred_rng)
     sim.run()
     wall = time.perf_counter() - t0
     df = records(sim.entered_requests())

@@ -51,6 +51,7 @@ import heapq
 import itertools
 import logging
 from array import array
+from collections import deque
 from enum import IntEnum
 from itertools import chain, compress
 from operator import add, attrgetter, itemgetter
@@ -74,6 +75,8 @@ _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
 RUNS_PACKED = 1 << 14
 _RUN_LINE, _RUN_INTS = itemgetter(0), itemgetter(1, 2, 3)
+_DISCARD = deque(maxlen=0).append
+"""Takes an item and keeps nothing (decode runs when inter-token gaps are not recorded)."""
 """Decode runs recorded (for inter-token gaps) before they are packed into arrays."""
 RUNNING = RequestStatus.RUNNING
 TRANSFERRING = RequestStatus.TRANSFERRING
@@ -206,6 +209,7 @@ class Simulator:
         self.num_runs = 0
         self.finished = False
         # inter-token gaps (see itl_gaps)
+        self._itl = sim.record_itl
         self._tok_t = [0.0] * n
         """Per request: when its last explicitly seen token was sampled, seconds. A decode
         batch member's later tokens are implicit (its instance's iterations)."""
@@ -225,6 +229,8 @@ class Simulator:
         """Every other gap (hand-over, recompute, starved by the token budget), seconds."""
         self._itl_seen = [0] * len(insts)
         self._itl_odd = [False] * len(insts)
+        self._on_sampled = self._sampled if self._itl else self._first_tokens
+        self._on_run = self._itl_runs.append if self._itl else _DISCARD
         """Per instance: a request may have joined the decode batch without sampling when its
         last iteration ended (a hand-in, one the budget held back, a recompute chunk); until
         newcomers are checked every one of them is taken to have sampled then."""
@@ -268,8 +274,8 @@ class Simulator:
         insts = self.instances
         heappop = heapq.heappop
         on_stop = self._on_stop
-        sampled = self._sampled
-        runs_append = self._itl_runs.append
+        sampled, runs_append = self._on_sampled, self._on_run
+        dts_append, ws_append = self._itl_dts.append, self._itl_ws.append
         # the next arrival's time is fixed until this call returns it
         t_arr = arrivals[self._cursor] if self._cursor < len(arrivals) else INF
         while True:
@@ -297,7 +303,11 @@ class Simulator:
                         plan = op.plan
                         if plan is not None:
                             stopped = inst.complete(plan)
-                            sampled(a, op, plan.reqs, t)
+                            if plan.reqs:
+                                sampled(a, op, plan.reqs, t)
+                            elif op.itl_w:  # decode-batch tokens only
+                                dts_append(t - op.start_s)
+                                ws_append(op.itl_w)
                             self.num_iterations += 1
                             op.plan = None
                         else:
@@ -443,6 +453,8 @@ class Simulator:
             ``(gaps_s, counts)``: distinct-ish gap values, seconds, and how many times each
             occurs (int64, > 0); ``counts.sum()`` gaps in all.
         """
+        if not self._itl:
+            raise RuntimeError("inter-token gaps were not recorded: set SimConfig.record_itl")
         vals = [np.array(self._itl_dts, np.float64), np.array(self._itl_irr, np.float64)]
         cnts = [np.array(self._itl_ws, np.int64), np.ones(len(self._itl_irr), np.int64)]
         self._pack_runs()
@@ -638,7 +650,8 @@ class Simulator:
                 return
         plan = inst.schedule()
         if plan is None:
-            self._itl_preempted(inst)
+            if self._itl:
+                self._itl_preempted(inst)
             if not self._cancel_stuck_handover(inst):
                 return
             plan = inst.schedule()
@@ -667,7 +680,7 @@ class Simulator:
                 self._begin_run(idx, inst, op, k)
                 return
         plan = inst.schedule(ready_by) if deferred else inst.schedule()
-        if plan is None:
+        if plan is None and self._itl:
             self._itl_preempted(inst)
         if plan is None and deferred:
             # the iteration would be empty: the engine idles and schedules at once what
@@ -696,7 +709,7 @@ class Simulator:
         op.start_s = now
         op.end_s = end = now + cum_time_s(line, k)
         op.itl_w = inst._run_seqs
-        if inst._joins != self._itl_seen[idx]:  # (see _begin_iteration)
+        if self._itl and inst._joins != self._itl_seen[idx]:  # (see _begin_iteration)
             if self._itl_odd[idx]:
                 op.itl_w -= self._itl_joined(idx, inst, now + cum_time_s(line, 1))
             else:
@@ -725,18 +738,26 @@ class Simulator:
         # inter-token gaps: the decode batch's members that ran the last iteration here
         # sample with a gap of this iteration's duration; newcomers and requests that left
         # the batch now are settled here (see itl_gaps)
-        b = plan.batch_seqs
-        if b and inst._joins != self._itl_seen[idx]:
-            if self._itl_odd[idx]:  # a newcomer may not have sampled as this one started
-                b -= self._itl_joined(idx, inst, end)
-            else:
-                self._itl_seen[idx] = inst._joins
-        op.itl_w = b
-        if plan.num_preempted or len(inst._tail) > len(plan.reqs):
-            self._itl_left_batch(idx, inst, plan)
+        if self._itl:
+            b = plan.batch_seqs
+            if b and inst._joins != self._itl_seen[idx]:
+                if self._itl_odd[idx]:  # a newcomer may not have sampled as this one started
+                    b -= self._itl_joined(idx, inst, end)
+                else:
+                    self._itl_seen[idx] = inst._joins
+            op.itl_w = b
+            if plan.num_preempted or len(inst._tail) > len(plan.reqs):
+                self._itl_left_batch(idx, inst, plan)
         inst.busy = True
         op.version = v = op.version + 1
         heapq.heappush(self._heap, (end, ITERATION_END, next(self._seq), idx, v))
+
+    @staticmethod
+    def _first_tokens(idx: int, op: _Op, reqs: list[Request], t: float) -> None:
+        """:meth:`_sampled` without inter-token gaps (``SimConfig.record_itl`` off)."""
+        for r in reqs:
+            if r.num_output_tokens == 1 and r.first_token_s < 0:
+                r.first_token_s = t
 
     def _sampled(self, idx: int, op: _Op, reqs: list[Request], t: float) -> None:
         """After a single iteration ending at ``t``: first-token times and inter-token gaps.
@@ -863,13 +884,13 @@ class Simulator:
         now = self.now_s
         if op.plan is not None:
             stopped = inst.complete(op.plan)
-            self._sampled(idx, op, op.plan.reqs, now)
+            self._on_sampled(idx, op, op.plan.reqs, now)
             self.num_iterations += 1
             op.plan = None
         else:
             stopped = inst.finish_decode_run(op.k_done)
             self.num_iterations += op.k_done
-            self._itl_runs.append((op.line, op.k_done, inst._run_seqs, op.itl_w))
+            self._on_run((op.line, op.k_done, inst._run_seqs, op.itl_w))
             op.line = None
         for r in stopped:
             self._on_stop(inst, r, now)

@@ -99,14 +99,14 @@ def assert_exact(build) -> list:
 def test_colocated_chunked_prefill():
     w = random_workload(seed=1, n=60, rate_per_s=30.0, max_prompt=400, max_output=80)
     assert_exact(lambda ff: make_sim(w, make_instance_cfg(async_scheduling=False),
-                                     fast_forward=ff))
+                                     fast_forward=ff, record_itl=True))
 
 
 def test_colocated_no_chunking_two_instances():
     w = random_workload(seed=2, n=60, rate_per_s=40.0, max_prompt=200, max_output=60)
     cfg = make_instance_cfg(replicas=2, enable_chunked_prefill=False, async_scheduling=False)
     assert_exact(lambda ff: make_sim(w, cfg, router=make_router("join_shortest_queue"),
-                                     fast_forward=ff))
+                                     fast_forward=ff, record_itl=True))
 
 
 def test_disaggregated_distserve():
@@ -115,7 +115,7 @@ def test_disaggregated_distserve():
     pre = make_instance_cfg(role="prefill", async_scheduling=False)
     dec = make_instance_cfg(role="decode", async_scheduling=False, max_num_seqs=64)
     reqs = assert_exact(lambda ff: make_sim(w, pre, dec, router=make_router("distserve"),
-                                            fast_forward=ff))
+                                            fast_forward=ff, record_itl=True))
     assert any(r.transfer_end_s > 0 for r in reqs)
 
 
@@ -124,7 +124,7 @@ def test_tandem_dynaserve():
     w = random_workload(seed=4, n=60, rate_per_s=40.0, max_prompt=300, max_output=100)
     cfg = make_instance_cfg(replicas=3, num_gpu_blocks_override=400, max_num_seqs=64)
     reqs = assert_exact(lambda ff: make_sim(w, cfg, router=make_router("dynaserve"),
-                                            fast_forward=ff))
+                                            fast_forward=ff, record_itl=True))
     assert any(1 < r.split_tokens < r.max_output_tokens for r in reqs)
 
 
@@ -133,7 +133,8 @@ def test_preemption_heavy():
     w = random_workload(seed=5, n=50, rate_per_s=40.0, max_prompt=300, max_output=150)
     for flag in (False, True):
         cfg = make_instance_cfg(num_gpu_blocks_override=60, async_scheduling=flag)
-        reqs = assert_exact(lambda ff, cfg=cfg: make_sim(w, cfg, fast_forward=ff))
+        reqs = assert_exact(lambda ff, cfg=cfg: make_sim(w, cfg, fast_forward=ff,
+                                                         record_itl=True))
         assert sum(r.num_preemptions for r in reqs) >= 10
 
 
@@ -149,7 +150,7 @@ def test_disaggregated_preemption_and_prefix_caching_async():
     dec = make_instance_cfg(role="decode", replicas=2, async_scheduling=True,
                             num_gpu_blocks_override=70, max_num_seqs=64)
     reqs = assert_exact(lambda ff: make_sim(w, pre, dec, router=make_router("distserve"),
-                                            fast_forward=ff))
+                                            fast_forward=ff, record_itl=True))
     assert sum(r.num_preemptions for r in reqs) > 0
 
 
@@ -157,19 +158,20 @@ def test_async_scheduling_colocated():
     w = random_workload(seed=7, n=60, rate_per_s=50.0, max_prompt=300, max_output=80)
     assert_exact(lambda ff: make_sim(w, make_instance_cfg(async_scheduling=True,
                                                           replicas=2),
-                                     router=make_router("round_robin"), fast_forward=ff))
+                                     router=make_router("round_robin"), fast_forward=ff,
+                                     record_itl=True))
 
 
 def test_one_output_token_has_no_gap():
     w = make_workload([0.0, 0.01, 0.02], [50, 80, 20], [1, 1, 1])
-    sim = make_sim(w, make_instance_cfg())
+    sim = make_sim(w, make_instance_cfg(), record_itl=True)
     sim.run()
     v, c = sim.itl_gaps()
     assert v.size == 0 and c.size == 0
     s = summarize(records(sim.entered_requests()), SLO(), 1, itl=sim.itl_gaps())
     assert s["num_itl_gaps"] == 0 and np.isnan(s["itl_mean_s"])
     w = make_workload([0.0, 0.01], [50, 80], [1, 5])
-    sim = make_sim(w, make_instance_cfg())
+    sim = make_sim(w, make_instance_cfg(), record_itl=True)
     sim.run()
     assert int(sim.itl_gaps()[1].sum()) == 4
 
@@ -186,14 +188,15 @@ def test_itl_exact_anywhere(data, router):
     def build(ff):
         return Simulator(MODEL, GPU, ClusterConfig(num_nodes=4, gpus_per_node=8,
                                                    instances=insts),
-                         SimConfig(fast_forward=ff), w, make_router(router, **kwargs))
+                         SimConfig(fast_forward=ff, record_itl=True), w,
+                         make_router(router, **kwargs))
 
     assert_exact(build)
 
 
 def test_summary_reports_itl_like_np_percentile():
     w = random_workload(seed=8, n=40, rate_per_s=30.0)
-    sim = make_sim(w, make_instance_cfg())
+    sim = make_sim(w, make_instance_cfg(), record_itl=True)
     sim.run()
     gaps = sim.itl_gaps()
     x = np.repeat(*gaps)
@@ -204,6 +207,20 @@ def test_summary_reports_itl_like_np_percentile():
         assert s[f"itl_p{p}_s"] == np.percentile(x, p)
     assert "itl_mean_s" not in summarize(records(sim.entered_requests()), SLO(), 1)
     assert itl_summary(None) == {}
+
+
+def test_itl_off_by_default_same_records():
+    """``record_itl`` only adds bookkeeping: the records are the same without it."""
+    w = random_workload(seed=9, n=40, rate_per_s=40.0)
+    out = []
+    for flag in (False, True):
+        sim = make_sim(w, make_instance_cfg(num_gpu_blocks_override=80), record_itl=flag)
+        out.append(records(sim.run()))
+    assert out[0].equals(out[1])
+    with pytest.raises(RuntimeError, match="record_itl"):
+        sim = make_sim(w, make_instance_cfg())
+        sim.run()
+        sim.itl_gaps()
 
 
 @pytest.mark.parametrize("seed", range(5))
