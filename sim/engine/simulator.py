@@ -29,15 +29,15 @@ when the run already holds that iteration's KV blocks (else after the one in fli
 next iteration is planned alone, without the arrival): no run is planned while something
 waits to become visible, so fast-forward stays exact.
 
-Inter-token gaps (vLLM's ITL, :meth:`Simulator.itl_gaps`) are kept exactly and compactly. A
-token is sampled when an iteration ends, and an instance's iterations run back to back, so a
-token whose request sampled its previous one as the iteration began has that iteration's
-duration as its gap: a single iteration appends its duration and that number of tokens, a
-decode run its line, length and batch size. The other gaps (a hand-over to the Follow, a
-preemption's recompute, a token the budget held back, a decode-batch newcomer's first token
-after one of these) are appended one by one. Explicitly scheduled requests are checked per
-iteration against their last seen token (time and output count, per request); decode-batch
-members are checked only when they join (the batch's join numbers ascend) or leave it.
+Inter-token gaps (vLLM's ITL, :meth:`Simulator.itl_gaps`; ``SimConfig.record_itl``) are kept
+exactly and compactly. A token is sampled when an iteration ends, and an instance's iterations
+run back to back, so a token whose request sampled its previous one as the iteration began
+has that iteration's duration as its gap: a single iteration appends its duration and that
+number of tokens, a decode run its line, length and batch size. The other gaps (a hand-over to
+the Follow, a preemption's recompute, a token the budget held back, a decode-batch newcomer's
+first token after one of these) are appended one by one. Explicitly scheduled requests are
+checked per iteration against their last seen token (time and output count, per request);
+decode-batch members only when they join (the batch's join numbers ascend) or leave it.
 
 Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
 environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
@@ -447,7 +447,7 @@ class Simulator:
         planned-ahead iteration under async scheduling), the token after a preemption's
         recompute, a token the budget held back an iteration or more. Gaps of requests the
         time limit failed are included (without a time limit every gap is a completed
-        request's). Expanded here, vectorised.
+        request's). Expanded here, vectorised. Needs ``SimConfig.record_itl``.
 
         Returns:
             ``(gaps_s, counts)``: distinct-ish gap values, seconds, and how many times each
