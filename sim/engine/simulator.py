@@ -652,9 +652,7 @@ class Simulator:
         if plan is None:
             if self._itl:
                 self._itl_preempted(inst)
-            if not self._cancel_stuck_handover(inst):
-                return
-            plan = inst.schedule()
+            plan = self._schedule_after_stuck_handover(inst)
             if plan is None:
                 return
         self._begin_iteration(idx, inst, op, plan)
@@ -689,9 +687,7 @@ class Simulator:
             self._itl_odd[idx] = True
             plan = inst.schedule()
         if plan is None:
-            if not self._cancel_stuck_handover(inst):
-                return
-            plan = inst.schedule()
+            plan = self._schedule_after_stuck_handover(inst)
             if plan is None:
                 return
         self._begin_iteration(idx, inst, op, plan)
@@ -968,6 +964,16 @@ class Simulator:
     def _pull_state(self, f: Instance, head: Request, seqs: int) -> tuple:
         """What decides whether ``f`` can pull ``head`` now, but for the time (see _try_pull)."""
         return (head, seqs, f.kv.num_used, f.run_owed_blocks, f.busy, self._ops[f.index].version)
+
+    def _schedule_after_stuck_handover(self, inst: Instance):
+        """Plan of an instance that could plan nothing, after breaking a hand-over deadlock.
+
+        See :meth:`_cancel_stuck_handover`; None when there was none to break or still
+        nothing runs.
+        """
+        if not self._cancel_stuck_handover(inst):
+            return None
+        return inst.schedule()
 
     def _cancel_stuck_handover(self, inst: Instance) -> bool:
         """Break a hand-over deadlock: keep one finished share here and decode it locally.
