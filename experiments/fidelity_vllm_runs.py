@@ -22,9 +22,10 @@ ITL (pooled inter-token gaps) cannot be checked: the runs record only first and 
 
 The Qwen3-30B-A3B run used data parallel 2 with expert parallelism: each GPU holds 64 of the
 128 experts and runs every rank's routed tokens through them (vLLM's all-gather /
-reduce-scatter dispatch), and the two ranks step in lock-step. The simulator has no such
-instance type, so by default (``--ep-mode group``) the two ranks are replayed as one instance
-with both ranks' slots, token budgets and KV blocks, timed by
+reduce-scatter dispatch), and the two ranks step in lock-step. By default (``--ep-mode group``)
+it is replayed as the run's engine arguments say, ``InstanceConfig(data_parallel_size=2,
+enable_expert_parallel=True)``: one simulated instance with both ranks' slots, token budgets and
+KV blocks, timed by
 :class:`~sim.perf.analytic.ExpertParallelGroupBackend` (each step lasts as long as the busiest
 rank: its own attention and dense layers, its experts over every rank's tokens, so a prefill
 on one rank slows the other's decodes). One queue for both ranks approximates vLLM's DP load
@@ -53,17 +54,10 @@ import pandas as pd
 
 from sim.catalog import get_gpu, get_model
 from sim.engine import ClusterConfig, SimConfig, Simulator
+from sim.engine.placement import make_backend_for
 from sim.instance import InstanceConfig
 from sim.metrics import records
-from sim.perf import (
-    AnalyticBackend,
-    KernelParams,
-    fit,
-    load_engine_params,
-    load_kernel_params,
-    plan_memory,
-)
-from sim.perf.analytic import ExpertParallelGroupBackend
+from sim.perf import AnalyticBackend, KernelParams, fit, load_kernel_params
 from sim.perf.measurements import VLLM_RUN_GPU as GPU_NAMES
 from sim.perf.measurements import VLLM_RUN_MODEL as MODEL_NAMES
 from sim.perf.measurements import default_data_root
@@ -149,23 +143,22 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
     kw = meta["engine_kwargs"]
     gpu = get_gpu(GPU_NAMES[run_dir.parent.name])
     model = get_model(MODEL_NAMES[run_dir.name])
-    blocks = (meta.get("kv_cache") or {}).get("num_gpu_blocks") or 0
+    blocks = (meta.get("kv_cache") or {}).get("num_gpu_blocks") or 0  # per rank
     tp = int(kw.get("tensor_parallel_size") or 1)
     dp = int(kw.get("data_parallel_size") or 1)
-    seqs, budget = int(kw["max_num_seqs"]), int(kw["max_num_batched_tokens"])
     ep = dp if dp > 1 and kw.get("enable_expert_parallel") and model.is_moe else 1
     group = ep > 1 and ep_mode == "group"
-    if group:  # one instance holds the ranks' slots, token budgets and KV blocks
-        blocks = ep * (blocks or plan_memory(model, gpu, tp, 1, load_engine_params(engine),
-                                             block_size=16,
-                                             max_num_batched_tokens=budget).num_blocks)
+    # group: one instance for the lock-stepped ranks (InstanceConfig's expert-parallel fields:
+    # per-rank limits and KV blocks, pooled x ep by the simulator); otherwise dp replicas
     inst = InstanceConfig(
         tensor_parallel_size=tp,
-        max_num_seqs=seqs * (ep if group else 1),
-        max_num_batched_tokens=budget * (ep if group else 1),
+        max_num_seqs=int(kw["max_num_seqs"]),
+        max_num_batched_tokens=int(kw["max_num_batched_tokens"]),
         max_model_len=int(kw.get("max_model_len") or 0),
         num_gpu_blocks_override=int(blocks),
         replicas=1 if group else dp,
+        data_parallel_size=ep if group else 1,
+        enable_expert_parallel=group,
         async_scheduling=(recorded_async_scheduling(meta) if async_mode == "recorded"
                           else async_mode == "on"),
     )
@@ -173,17 +166,17 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
                   output_tokens=real.output_toks.to_numpy(), name=run_dir.name)
     cluster = ClusterConfig(num_nodes=1, gpus_per_node=8, instances=[inst])
     router = make_router("join_shortest_queue")
-    sim = Simulator(model, gpu, cluster, SimConfig(engine=engine), wl, router)
-    # InstanceConfig has no expert-parallel field: the backend is swapped in here
-    if group:
-        backend = ExpertParallelGroupBackend(model, gpu, ep=ep, tp=tp,
-                                             max_num_batched_tokens=budget, engine=engine,
-                                             kernel_params=kernel_params)
-        sim.backends = [backend for _ in sim.backends]
-    elif (ep > 1 and ep_mode == "replicas") or kernel_params is not None:
-        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine,
-                                  ep=ep if ep_mode == "replicas" else 1,
+    sim_cfg = SimConfig(engine=engine)
+    sim = Simulator(model, gpu, cluster, sim_cfg, wl, router)
+    # EP ranks replayed as independent replicas have no instance type: their backend is
+    # swapped in here, as is a refitted calibration
+    if ep > 1 and ep_mode == "replicas":
+        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine, ep=ep,
                                   kernel_params=kernel_params)
+        sim.backends = [backend for _ in sim.backends]
+    elif kernel_params is not None:
+        backend = make_backend_for(model, gpu, inst.resolved(gpu.memory_gib, gpu.name),
+                                   sim_cfg, kernel_params)
         sim.backends = [backend for _ in sim.backends]
     sim.run()
     return real, records(sim.entered_requests())

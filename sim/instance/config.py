@@ -14,6 +14,15 @@ decode are DistServe pools. Roles guide routers; the simulator executes any deci
 class InstanceConfig:
     """A vLLM engine on ``tensor_parallel_size x pipeline_parallel_size`` GPUs of one node.
 
+    With ``enable_expert_parallel`` and ``data_parallel_size`` = ep > 1 (an MoE model whose
+    experts ep divides) the entry is ONE simulated instance standing for ep lock-stepped
+    data-parallel ranks sharing the experts (``vllm serve --data-parallel-size ep
+    --enable-expert-parallel``): it occupies ``tensor_parallel_size x ep`` GPUs, is timed by
+    :class:`~sim.perf.analytic.ExpertParallelGroupBackend`, and schedules with the ranks'
+    pooled slots, token budgets and KV blocks (the per-rank ``max_num_seqs``,
+    ``max_num_batched_tokens`` and KV blocks x ep; see :meth:`ep_group`). One queue for all
+    ranks approximates vLLM's DP load balancer.
+
     Defaults are vLLM V1's ``vllm serve`` defaults; 0 for ``max_num_seqs`` or
     ``max_num_batched_tokens`` means "what vLLM picks for this GPU" (:func:`vllm_default_limits`,
     resolved by :meth:`resolved`). ``async_scheduling`` None is resolved at construction to
@@ -62,6 +71,12 @@ class InstanceConfig:
     """Node index the instance sits on; -1 lets the cluster place it."""
     replicas: int = 1
     """Identical instances this entry stands for (placed one after another)."""
+    data_parallel_size: int = 1
+    """Data-parallel ranks (``--data-parallel-size``); > 1 only with ``enable_expert_parallel``
+    (ranks without expert parallelism are independent engines: use ``replicas``)."""
+    enable_expert_parallel: bool = False
+    """Shard the experts of an MoE model over the ``data_parallel_size`` ranks, which then
+    step in lock-step (``--enable-expert-parallel``); needs ``data_parallel_size`` >= 2."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -76,6 +91,7 @@ class InstanceConfig:
             "pipeline_parallel_size",
             "block_size",
             "replicas",
+            "data_parallel_size",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -91,6 +107,26 @@ class InstanceConfig:
             raise ValueError(f"instance field 'async_scheduling' must be true, false or null "
                              f"(vLLM's default: on unless pipeline_parallel_size > 1), got "
                              f"{self.async_scheduling!r}")
+        if not isinstance(self.enable_expert_parallel, bool):
+            raise ValueError(f"instance field 'enable_expert_parallel' must be true or false, "
+                             f"got {self.enable_expert_parallel!r}")
+        if self.data_parallel_size > 1 and not self.enable_expert_parallel:
+            raise ValueError(
+                f"instance field 'data_parallel_size'={self.data_parallel_size} without "
+                "enable_expert_parallel: data-parallel ranks without expert parallelism are "
+                f"independent engines; set replicas={self.data_parallel_size} (and "
+                "data_parallel_size=1), or set enable_expert_parallel=true for an MoE model")
+        if self.enable_expert_parallel and self.data_parallel_size < 2:
+            raise ValueError(
+                "instance field 'enable_expert_parallel' needs data_parallel_size >= 2: the "
+                "simulator models expert parallelism across data-parallel ranks only (set "
+                "data_parallel_size to the expert-parallel degree, or enable_expert_parallel="
+                "false)")
+        if self.enable_expert_parallel and self.pipeline_parallel_size > 1:
+            raise ValueError(
+                "instance field 'enable_expert_parallel' with pipeline_parallel_size="
+                f"{self.pipeline_parallel_size}: the expert-parallel group is timed without "
+                "pipeline parallelism; set pipeline_parallel_size=1")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
@@ -105,10 +141,40 @@ class InstanceConfig:
             max_num_seqs=self.max_num_seqs or seqs,
         )
 
+    def ep_group(self) -> InstanceConfig:
+        """The config the simulated instance schedules with: ``self`` unless expert parallel.
+
+        For an expert-parallel group (``expert_parallel_size`` = ep > 1) the per-rank
+        ``max_num_seqs`` and ``max_num_batched_tokens`` (vLLM's defaults resolved per rank
+        first: call on a :meth:`resolved` config) and ``num_gpu_blocks_override`` (per rank,
+        as vLLM reports ``num_gpu_blocks``) are multiplied by ep.
+        """
+        ep = self.expert_parallel_size
+        if ep == 1:
+            return self
+        if not (self.max_num_seqs and self.max_num_batched_tokens):
+            raise ValueError("ep_group needs resolved limits: call resolved() first")
+        return dataclasses.replace(
+            self,
+            max_num_seqs=self.max_num_seqs * ep,
+            max_num_batched_tokens=self.max_num_batched_tokens * ep,
+            num_gpu_blocks_override=self.num_gpu_blocks_override * ep,
+        )
+
+    @property
+    def expert_parallel_size(self) -> int:
+        """Ranks sharing the experts: ``data_parallel_size`` with expert parallelism, else 1."""
+        return self.data_parallel_size if self.enable_expert_parallel else 1
+
+    @property
+    def num_gpus_per_rank(self) -> int:
+        """GPUs of one data-parallel rank (``tensor_parallel_size x pipeline_parallel_size``)."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
     @property
     def num_gpus(self) -> int:
-        """GPUs of the instance."""
-        return self.tensor_parallel_size * self.pipeline_parallel_size
+        """GPUs of the instance (all its data-parallel ranks)."""
+        return self.num_gpus_per_rank * self.data_parallel_size
 
 
 def vllm_default_limits(gpu_memory_gib: float, gpu_name: str) -> tuple[int, int]:
