@@ -127,8 +127,6 @@ def build_instances(model: ModelSpec, gpu: GpuSpec, cluster: ClusterConfig, sim:
     plan for a rank with the per-rank token budget, or ``num_gpu_blocks_override`` x ep).
     """
     ranks = [c.resolved(gpu.memory_gib, gpu.name) for c in cluster.expanded()]
-    for rank in ranks:
-        check_expert_parallel(model, rank, sim)
     cfgs = [rank.ep_group() for rank in ranks]
     nodes = place(cluster)
     engine_name = "distserve" if sim.perf_backend == "distserve" else sim.engine
