@@ -435,8 +435,40 @@ class Simulator:
                 .reshape(m, 3)))
             runs.clear()
 
+    def itl_parts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The inter-token gaps sampled so far, as recorded (compact; see :meth:`itl_gaps`).
+
+        Needs ``SimConfig.record_itl``. Memory is O(iterations run one by one + decode runs +
+        irregular gaps), not O(tokens).
+
+        Returns:
+            ``(values_s, counts, run_lines, run_ints)``:
+
+            - ``values_s`` ``(n,) float64`` and ``counts`` ``(n,) int64``: single gaps,
+              seconds, each occurring ``counts`` times (``counts >= 0``; 0 means none);
+            - ``run_lines`` ``(m, 4) float64``: per decode run its
+              :class:`~sim.engine.decode_run.DecodeLine` ``(a_s, slope_s, floor_s, const_s)``:
+              iteration ``j`` (0-based) lasted ``max(floor_s, a_s + slope_s * j) + const_s``;
+            - ``run_ints`` ``(m, 3) int64``: per decode run ``(k, seqs, first)``: its
+              iterations, the gaps each of iterations ``1..k-1`` ends (its batch size) and the
+              gaps its first iteration ends.
+        """
+        if not self._itl:
+            raise RuntimeError("inter-token gaps were not recorded: set SimConfig.record_itl")
+        values = np.concatenate([np.array(self._itl_dts, np.float64),
+                                 np.array(self._itl_irr, np.float64)])
+        counts = np.concatenate([np.array(self._itl_ws, np.int64),
+                                 np.ones(len(self._itl_irr), np.int64)])
+        self._pack_runs()
+        if self._itl_run_chunks:
+            lines = np.concatenate([x[0] for x in self._itl_run_chunks])
+            ints = np.concatenate([x[1] for x in self._itl_run_chunks])
+        else:
+            lines, ints = np.zeros((0, 4), np.float64), np.zeros((0, 3), np.int64)
+        return values, counts, lines, ints
+
     def itl_gaps(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every inter-token gap sampled so far, pooled over requests (vLLM's ITL), compactly.
+        """Every inter-token gap sampled so far, pooled over requests (vLLM's ITL), expanded.
 
         A gap is the time between two consecutive output tokens of one request. A running
         request samples at the end of each iteration of its instance, and iterations run back
@@ -447,20 +479,16 @@ class Simulator:
         planned-ahead iteration under async scheduling), the token after a preemption's
         recompute, a token the budget held back an iteration or more. Gaps of requests the
         time limit failed are included (without a time limit every gap is a completed
-        request's). Expanded here, vectorised. Needs ``SimConfig.record_itl``.
+        request's). Expanded here (one value per iteration, vectorised) from
+        :meth:`itl_parts`. Needs ``SimConfig.record_itl``.
 
         Returns:
             ``(gaps_s, counts)``: distinct-ish gap values, seconds, and how many times each
             occurs (int64, > 0); ``counts.sum()`` gaps in all.
         """
-        if not self._itl:
-            raise RuntimeError("inter-token gaps were not recorded: set SimConfig.record_itl")
-        vals = [np.array(self._itl_dts, np.float64), np.array(self._itl_irr, np.float64)]
-        cnts = [np.array(self._itl_ws, np.int64), np.ones(len(self._itl_irr), np.int64)]
-        self._pack_runs()
-        if self._itl_run_chunks:
-            lines = np.concatenate([x[0] for x in self._itl_run_chunks])
-            ints = np.concatenate([x[1] for x in self._itl_run_chunks])
+        v0, w0, lines, ints = self.itl_parts()
+        vals, cnts = [v0], [w0]
+        if len(lines):
             a, s, f, c = lines.T
             k, seqs, first = ints.T
             run = np.repeat(np.arange(k.size), k)
