@@ -1,14 +1,24 @@
 """Replay real vLLM serving runs in the simulator and report the latency errors.
 
-``python -m experiments.fidelity_vllm_runs [--data-root DIR] [--out DIR]`` reads every run
-under ``<data-root>/vllm_runs/llmservingsim/<GPU>/<model>/vllm/`` (300 ShareGPT requests at
-~10 req/s, exact output lengths, vLLM 0.19 V1 with chunked prefill, prefix caching, CUDA graphs
-and async scheduling), builds a single-instance cluster with the run's engine arguments
-(``max_num_seqs``, ``max_num_batched_tokens``, TP; the KV block count vLLM reported when the
-run recorded it, else the memory model's; async scheduling as the run's resolved config records
-it, ``scheduler_config.async_scheduling``, else vLLM's default for the run's version: on from
-0.14 except with pipeline parallelism, per vLLM 0.14's release notes), replays the
-arrivals, and compares mean/p50/p90/p99 TTFT, TPOT and E2E with the measured ones.
+``python -m experiments.fidelity_vllm_runs [--data-root DIR] [--runs DIR] [--out DIR]`` reads
+every run under ``--runs`` (any folder holding ``<run>/vllm/meta.json`` and
+``<run>/vllm/requests.jsonl`` at any depth, or one run folder; default
+``<data-root>/vllm_runs/llmservingsim``, whose four runs are 300 ShareGPT requests at ~10 req/s,
+exact output lengths, vLLM 0.19 V1 with chunked prefill, prefix caching, CUDA graphs and async
+scheduling). The GPU comes from the CUDA device name the run recorded (else its cluster file's
+hardware label, else the parent folder's name) and the model from its repo id, both matched to
+the catalog (:mod:`sim.catalog.resolve`; ``--gpu`` / ``--model`` override; a run with no
+catalog match is skipped with the reason printed). It builds a single-instance cluster with the
+run's ``vllm serve`` settings (engine arguments, else the resolved config, else vLLM's
+defaults: TP, PP, ``max_num_seqs``, ``max_num_batched_tokens``, chunked prefill, prefix
+caching, block size; the KV block count vLLM reported when the run recorded it, else the memory
+model's; async scheduling as the resolved config records it,
+``scheduler_config.async_scheduling``, else vLLM's default for the run's version: on from 0.14
+except with pipeline parallelism, per vLLM 0.14's release notes), replays the arrivals, and
+compares mean/p50/p90/p99 TTFT, TPOT and E2E with the measured ones, and ITL (inter-token
+latency pooled over every gap, as ``vllm bench serve`` reports it): its mean always (exact from
+first/last token times: a request's gaps sum to last - first), its percentiles when the run
+recorded every gap (``itls`` / ``itl`` per request, or the tokens' times ``token_ts``).
 ``--async-scheduling on|off`` overrides the recorded setting for every run.
 
 Clocks: vLLM stamps ``queued_ts`` when the engine core next polls its input queue, i.e. at
@@ -18,7 +28,8 @@ engine's monotonic clock: ``arrival_time`` (wall clock) plus the run's smallest
 ``queued_ts - arrival_time`` (the clock offset; the request that waited least). TTFT = first
 token - arrival, E2E = last token - arrival, TPOT = (last - first) / (output - 1), on both
 sides. (``--anchor queued`` uses ``queued_ts`` as arrival, as this script did before.)
-ITL (pooled inter-token gaps) cannot be checked: the runs record only first and last token times.
+The runs in ../shared record only first and last token times: their ITL percentiles cannot be
+checked, only the mean.
 
 The Qwen3-30B-A3B run used data parallel 2 with expert parallelism: each GPU holds 64 of the
 128 experts and runs every rank's routed tokens through them (vLLM's all-gather /
@@ -52,22 +63,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.catalog import get_gpu, get_model
+from sim.catalog import CatalogError, get_gpu, get_model
 from sim.engine import ClusterConfig, SimConfig, Simulator
 from sim.engine.placement import make_backend_for
 from sim.instance import InstanceConfig
-from sim.metrics import records
+from sim.metrics import records, weighted_percentile
 from sim.perf import AnalyticBackend, KernelParams, fit, load_kernel_params
-from sim.perf.measurements import VLLM_RUN_GPU as GPU_NAMES
-from sim.perf.measurements import VLLM_RUN_MODEL as MODEL_NAMES
-from sim.perf.measurements import default_data_root
+from sim.perf.measurements import default_data_root, vllm_run_identity
 from sim.routers import make_router
 from sim.workload import Workload
 
 STATS = ("mean", "p50", "p90", "p99")
 EP_MODES = ("group", "replicas", "none")
 ASYNC_MODES = ("recorded", "on", "off")
-METRICS = ("ttft_s", "tpot_s", "e2e_s")
+METRICS = ("ttft_s", "tpot_s", "e2e_s", "itl_s")
+ITL_KEYS = ("itl", "itls")
+"""Per-request fields holding a request's inter-token gaps, seconds (``vllm bench serve``'s
+detailed results call them ``itls``)."""
+TOKEN_TS_KEYS = ("token_ts", "token_timestamps", "output_token_ts")
+"""Per-request fields holding the times its output tokens arrived (gaps are their diffs)."""
 
 
 def load_run(run_dir: Path, anchor: str = "arrival") -> tuple[pd.DataFrame, dict]:
@@ -91,7 +105,40 @@ def load_run(run_dir: Path, anchor: str = "arrival") -> tuple[pd.DataFrame, dict
     df["ttft_s"] = df.first_token_ts - df.arrive_ts
     df["e2e_s"] = df.last_token_ts - df.arrive_ts
     df["tpot_s"] = (df.last_token_ts - df.first_token_ts) / (df.output_toks - 1).clip(lower=1)
+    df.attrs["itl_gaps_s"] = _recorded_itl(rows)
     return df, meta
+
+
+def _recorded_itl(rows: list[dict]) -> np.ndarray | None:
+    """Every inter-token gap the run recorded, pooled, seconds; None when it recorded none.
+
+    The runs in ../shared record only first and last token times; a run that also saved the
+    gaps (``itl`` / ``itls``) or the tokens' times (``token_ts``...) gets them pooled here.
+    """
+    gaps = []
+    for row in rows:
+        for key in ITL_KEYS:
+            if row.get(key) is not None:
+                gaps.append(np.asarray(row[key], dtype=np.float64))
+                break
+        else:
+            for key in TOKEN_TS_KEYS:
+                if row.get(key) is not None:
+                    gaps.append(np.diff(np.asarray(row[key], dtype=np.float64)))
+                    break
+    return np.concatenate(gaps) if gaps else None
+
+
+def pooled_itl_mean(first_s: np.ndarray, last_s: np.ndarray, outputs: np.ndarray) -> float:
+    """Mean inter-token gap pooled over requests, seconds (``vllm bench serve``'s mean ITL).
+
+    A request's gaps sum to its last - first token time, so the pooled mean is exactly
+    ``sum(last - first) / sum(outputs - 1)`` over requests with two or more outputs: first
+    and last token times suffice.
+    """
+    keep = (outputs > 1) & np.isfinite(first_s) & np.isfinite(last_s)
+    n = float(np.sum(outputs[keep] - 1))
+    return float(np.sum(last_s[keep] - first_s[keep]) / n) if n else float("nan")
 
 
 ASYNC_DEFAULT_SINCE = (0, 14)
@@ -123,16 +170,82 @@ def _stats(v: np.ndarray) -> dict[str, float]:
             "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99))}
 
 
+def _setting(meta: dict, name: str, section: str, default=None):
+    """An engine setting: the run's engine arguments, else its resolved config, else default.
+
+    ``section`` names the part of vLLM's resolved config that holds it (``scheduler_config``).
+    """
+    value = (meta.get("engine_kwargs") or {}).get(name)
+    if value is None:
+        value = ((meta.get("resolved_config") or {}).get(section) or {}).get(name)
+    return default if value is None else value
+
+
+def _expert_parallel(meta: dict, model) -> int:
+    """The run's expert-parallel degree: its DP size with expert parallelism on an MoE model."""
+    dp = int(_setting(meta, "data_parallel_size", "parallel_config", 1))
+    on = _setting(meta, "enable_expert_parallel", "parallel_config", False)
+    return dp if dp > 1 and on and model.is_moe else 1
+
+
+def instance_for_run(meta: dict, model, ep_mode: str = "group",
+                     async_mode: str = "recorded") -> InstanceConfig:
+    """The simulated instance of a run: its ``vllm serve`` settings as recorded.
+
+    Engine arguments first, then vLLM's resolved config, then vLLM's defaults (0 limits are
+    resolved per GPU by the simulator); the KV block count vLLM reported (per rank) when the
+    run recorded it. A DP + expert-parallel MoE run is one instance (``ep_mode`` group) or
+    ``dp`` replicas (see the module docstring).
+    """
+    kv = meta.get("kv_cache") or {}
+    tp = int(_setting(meta, "tensor_parallel_size", "parallel_config", 1))
+    pp = int(_setting(meta, "pipeline_parallel_size", "parallel_config", 1))
+    dp = int(_setting(meta, "data_parallel_size", "parallel_config", 1))
+    ep = _expert_parallel(meta, model)
+    group = ep > 1 and ep_mode == "group"
+    chunked = _setting(meta, "enable_chunked_prefill", "scheduler_config")
+    if chunked is None:
+        chunked = _setting(meta, "chunked_prefill_enabled", "scheduler_config", True)
+    caching = _setting(meta, "enable_prefix_caching", "cache_config",
+                       kv.get("enable_prefix_caching", True))
+    # group: one instance for the lock-stepped ranks (InstanceConfig's expert-parallel fields:
+    # per-rank limits and KV blocks, pooled x ep by the simulator); otherwise dp replicas
+    return InstanceConfig(
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        max_num_seqs=int(_setting(meta, "max_num_seqs", "scheduler_config", 0)),
+        max_num_batched_tokens=int(_setting(meta, "max_num_batched_tokens",
+                                            "scheduler_config", 0)),
+        max_model_len=int(_setting(meta, "max_model_len", "model_config", 0)),
+        enable_chunked_prefill=bool(chunked),
+        enable_prefix_caching=bool(caching),
+        block_size=int(kv.get("block_size") or _setting(meta, "block_size", "cache_config", 16)),
+        gpu_memory_utilization=float(kv.get("gpu_memory_utilization") or _setting(
+            meta, "gpu_memory_utilization", "cache_config", 0.9)),
+        long_prefill_token_threshold=int(_setting(meta, "long_prefill_token_threshold",
+                                                  "scheduler_config", 0)),
+        num_gpu_blocks_override=int(kv.get("num_gpu_blocks") or 0),  # per rank
+        replicas=1 if group else dp,
+        data_parallel_size=ep if group else 1,
+        enable_expert_parallel=group,
+        async_scheduling=(recorded_async_scheduling(meta) if async_mode == "recorded"
+                          else async_mode == "on"),
+    )
+
+
 def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
            ep_mode: str = "group", kernel_params: KernelParams | None = None,
-           async_mode: str = "recorded") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Simulate one run; returns (real requests, simulated records).
+           async_mode: str = "recorded", gpu: str | None = None,
+           model: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Simulator]:
+    """Simulate one run; returns (real requests, simulated records, the simulator).
 
     ``ep_mode`` says how a DP + expert-parallel run is replayed (see the module docstring):
     ``group`` (one instance for the lock-stepped ranks), ``replicas`` (independent DP
     replicas, each timed as an EP rank) or ``none`` (independent replicas holding every
     expert). ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
     ``async_mode``: async scheduling as ``recorded`` in the run's meta.json, or ``on``/``off``.
+    ``gpu`` / ``model``: catalog (or device / repo) names overriding what the run records
+    (:func:`sim.perf.measurements.vllm_run_identity`).
     """
     if ep_mode not in EP_MODES:
         raise ValueError(f"ep_mode must be one of {', '.join(EP_MODES)}, got {ep_mode!r}")
@@ -140,60 +253,48 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
         raise ValueError(f"async_mode must be one of {', '.join(ASYNC_MODES)}, got "
                          f"{async_mode!r}")
     real, meta = load_run(run_dir, anchor)
-    kw = meta["engine_kwargs"]
-    gpu = get_gpu(GPU_NAMES[run_dir.parent.name])
-    model = get_model(MODEL_NAMES[run_dir.name])
-    blocks = (meta.get("kv_cache") or {}).get("num_gpu_blocks") or 0  # per rank
-    tp = int(kw.get("tensor_parallel_size") or 1)
-    dp = int(kw.get("data_parallel_size") or 1)
-    ep = dp if dp > 1 and kw.get("enable_expert_parallel") and model.is_moe else 1
-    group = ep > 1 and ep_mode == "group"
-    # group: one instance for the lock-stepped ranks (InstanceConfig's expert-parallel fields:
-    # per-rank limits and KV blocks, pooled x ep by the simulator); otherwise dp replicas
-    inst = InstanceConfig(
-        tensor_parallel_size=tp,
-        max_num_seqs=int(kw["max_num_seqs"]),
-        max_num_batched_tokens=int(kw["max_num_batched_tokens"]),
-        max_model_len=int(kw.get("max_model_len") or 0),
-        num_gpu_blocks_override=int(blocks),
-        replicas=1 if group else dp,
-        data_parallel_size=ep if group else 1,
-        enable_expert_parallel=group,
-        async_scheduling=(recorded_async_scheduling(meta) if async_mode == "recorded"
-                          else async_mode == "on"),
-    )
+    gpu_name, model_name = vllm_run_identity(run_dir, gpu, model)
+    gpu_spec, model_spec = get_gpu(gpu_name), get_model(model_name)
+    inst = instance_for_run(meta, model_spec, ep_mode, async_mode)
     wl = Workload(arrival_s=real.arrival_s.to_numpy(), prompt_tokens=real.input_toks.to_numpy(),
                   output_tokens=real.output_toks.to_numpy(), name=run_dir.name)
-    cluster = ClusterConfig(num_nodes=1, gpus_per_node=8, instances=[inst])
+    cluster = ClusterConfig(num_nodes=1, gpus_per_node=max(8, inst.num_gpus_per_rank
+                                                           * inst.data_parallel_size),
+                            instances=[inst])
     router = make_router("join_shortest_queue")
-    sim_cfg = SimConfig(engine=engine)
-    sim = Simulator(model, gpu, cluster, sim_cfg, wl, router)
+    sim_cfg = SimConfig(engine=engine, record_itl=real.attrs.get("itl_gaps_s") is not None)
+    sim = Simulator(model_spec, gpu_spec, cluster, sim_cfg, wl, router)
     # EP ranks replayed as independent replicas have no instance type: their backend is
     # swapped in here, as is a refitted calibration
+    ep = _expert_parallel(meta, model_spec)
     if ep > 1 and ep_mode == "replicas":
-        backend = AnalyticBackend(model, gpu, tp=tp, engine=engine, ep=ep,
-                                  kernel_params=kernel_params)
+        backend = AnalyticBackend(model_spec, gpu_spec, tp=inst.tensor_parallel_size,
+                                  engine=engine, ep=ep, kernel_params=kernel_params)
         sim.backends = [backend for _ in sim.backends]
     elif kernel_params is not None:
-        backend = make_backend_for(model, gpu, inst.resolved(gpu.memory_gib, gpu.name),
+        backend = make_backend_for(model_spec, gpu_spec,
+                                   inst.resolved(gpu_spec.memory_gib, gpu_spec.name),
                                    sim_cfg, kernel_params)
         sim.backends = [backend for _ in sim.backends]
     sim.run()
-    return real, records(sim.entered_requests())
+    return real, records(sim.entered_requests()), sim
 
 
-def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
+def leave_one_out_params(data_root: Path, run_dir: Path, run: str, engine: str = "vllm_v1",
+                         gpu: str | None = None
                          ) -> tuple[KernelParams | None, float | None]:
     """The GPU calibration of ``run`` refitted without that run's own measurements.
 
-    Only the ``gddr_no_ecc`` streaming factor is fitted on these runs
+    Only the ``gddr_no_ecc`` streaming factor is fitted on the runs under ``data_root``
     (:func:`sim.perf.fit.fit_gddr_no_ecc`; the RTX 4090's ``rtx_4090`` calibration shares it
     and adds GEMM efficiencies fitted to an operator profile, not to the runs); runs whose
-    measurements it does not use (other calibrations, TP > 1, DP) get ``(None, None)``: the
-    stored fit is already blind to them.
+    measurements it does not use (other calibrations, TP > 1, DP, runs from elsewhere) get
+    ``(None, None)``: the stored fit is already blind to them.
     """
-    gpu = get_gpu(GPU_NAMES[run.split("/")[0]])
-    if gpu.calibration not in {fit.GDDR_NO_ECC, *fit.CARD_GEMM_CALIBRATIONS}:
+    gpu_spec = get_gpu(vllm_run_identity(run_dir, gpu)[0])
+    if gpu_spec.calibration not in {fit.GDDR_NO_ECC, *fit.CARD_GEMM_CALIBRATIONS}:
+        return None, None
+    if not (Path(data_root) / "vllm_runs").exists():
         return None, None
     rows = fit.gddr_no_ecc_rows(data_root)
     if run not in set(rows.run):
@@ -201,45 +302,106 @@ def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1"
     a40 = load_kernel_params("a40")
     card_gemm = fit.fit_card_gemm(a40)
     factor = fit.fit_gddr_no_ecc(rows[rows.run != run], a40, engine, card_gemm)
-    stored = load_kernel_params(gpu.calibration)
+    stored = load_kernel_params(gpu_spec.calibration)
     kps = fit.gddr_calibrations(a40, factor, stored.allreduce_pcie_eff, card_gemm)
-    return kps[gpu.calibration], factor
+    return kps[gpu_spec.calibration], factor
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run folders under ``root`` (each holds ``vllm/meta.json`` and ``vllm/requests.jsonl``).
+
+    ``root`` may be one run folder itself; found at any depth, sorted.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no run folder at {root}; pass --runs (a folder holding "
+                                "<run>/vllm/meta.json and requests.jsonl) or --data-root")
+    runs = sorted({p.parent.parent for p in root.rglob("meta.json") if p.parent.name == "vllm"
+                   and (p.parent / "requests.jsonl").exists()})
+    if not runs:
+        raise FileNotFoundError(f"no real vLLM run under {root}: expected <run>/vllm/meta.json "
+                                "and <run>/vllm/requests.jsonl")
+    return runs
+
+
+def _itl_stats(real: pd.DataFrame, sim_records: pd.DataFrame, sim: Simulator) -> dict:
+    """Measured and simulated ITL statistics: the mean always, percentiles when recorded."""
+    out = {"mean": (
+        pooled_itl_mean(real.first_token_ts.to_numpy(), real.last_token_ts.to_numpy(),
+                        real.output_toks.to_numpy()),
+        pooled_itl_mean(sim_records.first_token_s.to_numpy(), sim_records.finish_s.to_numpy(),
+                        sim_records.output_tokens.to_numpy()))}
+    gaps = real.attrs.get("itl_gaps_s")
+    if gaps is not None and len(gaps):
+        values, counts = sim.itl_gaps()
+        for st, p in (("p50", 50), ("p90", 90), ("p99", 99)):
+            out[st] = (float(np.percentile(gaps, p)), weighted_percentile(values, counts, p))
+    return out
 
 
 def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
             ep_mode: str = "group", leave_one_out: bool = False,
-            async_mode: str = "recorded") -> pd.DataFrame:
+            async_mode: str = "recorded", runs: Path | None = None,
+            gpu: str | None = None, model: str | None = None,
+            skipped: list[str] | None = None) -> pd.DataFrame:
     """One row per (run, metric, statistic): measured, simulated, relative error.
 
-    With ``leave_one_out`` every run is simulated with the calibration refitted without it
-    (column ``loo_factor`` holds the refitted GDDR factor, NaN where nothing was refitted).
+    Runs are found under ``runs`` (default ``<data_root>/vllm_runs/llmservingsim``; see
+    :func:`find_runs`) and named by their path below it. Metrics: TTFT, TPOT, E2E (mean,
+    p50, p90, p99) and ITL (pooled mean from first/last token times; percentiles only for
+    runs that recorded every token). With ``leave_one_out`` every run is simulated with the
+    calibration refitted without it (column ``loo_factor`` holds the refitted GDDR factor,
+    NaN where nothing was refitted). ``gpu`` / ``model`` override what the runs record.
+
+    A run whose GPU or model has no catalog entry raises, unless ``skipped`` is a list: then
+    ``"<run>: <reason>"`` is appended to it and the other runs go on.
     """
-    base = Path(data_root) / "vllm_runs" / "llmservingsim"
+    base = Path(runs) if runs is not None else Path(data_root) / "vllm_runs" / "llmservingsim"
     rows = []
-    for run_dir in sorted(p.parent for p in base.glob("*/*/vllm")):
-        name = f"{run_dir.parent.name}/{run_dir.name}"
-        kp, factor = (leave_one_out_params(data_root, name, engine) if leave_one_out
-                      else (None, None))
-        real, sim = replay(run_dir, engine, anchor, ep_mode, kp, async_mode)
+    for run_dir in find_runs(base):
+        rel = run_dir.relative_to(base).as_posix() if run_dir != base else ""
+        name = rel if rel.count("/") >= 1 else f"{run_dir.parent.name}/{run_dir.name}"
+        try:
+            kp, factor = (leave_one_out_params(data_root, run_dir, name, engine, gpu)
+                          if leave_one_out else (None, None))
+            real, simulated, sim = replay(run_dir, engine, anchor, ep_mode, kp, async_mode,
+                                          gpu, model)
+        except CatalogError as exc:
+            if skipped is None:
+                raise CatalogError(f"run {name}: {exc}") from None
+            skipped.append(f"{name}: {exc}")
+            continue
+        pairs = {m: (_stats(real[m].to_numpy()), _stats(simulated[m].dropna().to_numpy()))
+                 for m in METRICS if m != "itl_s"}
+        itl = _itl_stats(real, simulated, sim)
+        pairs["itl_s"] = ({st: v[0] for st, v in itl.items()}, {st: v[1] for st, v in itl.items()})
         for metric in METRICS:
-            ms, ss = _stats(real[metric].to_numpy()), _stats(sim[metric].dropna().to_numpy())
+            ms, ss = pairs[metric]
             for st in STATS:
+                if st not in ms:
+                    continue
                 rows.append({"run": name, "metric": metric, "stat": st,
                              "measured_s": ms[st], "simulated_s": ss[st],
                              "rel_error": ss[st] / ms[st] - 1,
                              "loo_factor": np.nan if factor is None else factor})
+    if not rows:
+        raise CatalogError("no run could be replayed:\n  " + "\n  ".join(skipped or []))
     return pd.DataFrame(rows)
 
 
 def summarise(table: pd.DataFrame) -> str:
     """Per-run error table (percent) and the median |error| per metric."""
     wide = table.pivot_table(index=["run", "metric"], columns="stat", values="rel_error")
-    lines = [(wide[list(STATS)] * 100).round(1).to_string(), ""]
+    wide = wide.reindex(columns=list(STATS))
+    lines = [(wide * 100).round(1).to_string(), ""]
     for label, stats in (("mean/p50/p90/p99", STATS), ("mean/p90/p99", ("mean", "p90", "p99"))):
         sub = table[table.stat.isin(stats)]
         med = sub.groupby("metric").rel_error.apply(lambda s: s.abs().median()) * 100
         lines.append(f"median |error| over runs x {label}: "
-                     + ", ".join(f"{m} {med[m]:.1f}%" for m in METRICS))
+                     + ", ".join(f"{m} {med[m]:.1f}%" for m in METRICS if m in med))
+    if not (table.metric == "itl_s").groupby(table.stat).any().get("p90", False):
+        lines.append("(ITL: the pooled mean only, from first/last token times; no run recorded "
+                     "every token's time)")
     return "\n".join(lines)
 
 
@@ -255,20 +417,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--async-scheduling", default="recorded", choices=ASYNC_MODES,
                     help="async scheduling per run: as recorded in meta.json (else vLLM's "
                          "default for the run's version), or on/off for every run")
+    ap.add_argument("--runs", type=Path, default=None,
+                    help="folder of real runs (<run>/vllm/meta.json + requests.jsonl at any "
+                         "depth, or one run folder); default <data-root>/vllm_runs/"
+                         "llmservingsim")
+    ap.add_argument("--gpu", default=None,
+                    help="catalog GPU for every run (default: the device each run records)")
+    ap.add_argument("--model", default=None,
+                    help="catalog model for every run (default: the repo id each run records)")
     ap.add_argument("--no-loo", action="store_true", help="skip the leave-one-out replays")
     ap.add_argument("--out", type=Path, default=Path("results/fidelity_vllm_runs"))
     args = ap.parse_args(argv)
+    skipped: list[str] = []
+    where = {"runs": args.runs, "gpu": args.gpu, "model": args.model, "skipped": skipped}
     table = compare(args.data_root, args.engine, args.anchor, args.ep_mode,
-                    async_mode=args.async_scheduling)
+                    async_mode=args.async_scheduling, **where)
+    for line in skipped:
+        print(f"skipped {line}")
+    where["skipped"] = []  # (reported once)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "comparison.csv", index=False)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(summarise(table))
         if not args.no_loo:
             loo = compare(args.data_root, args.engine, args.anchor, args.ep_mode,
-                          leave_one_out=True, async_mode=args.async_scheduling)
+                          leave_one_out=True, async_mode=args.async_scheduling, **where)
             loo.to_csv(args.out / "comparison_leave_one_out.csv", index=False)
             factors = loo.dropna(subset=["loo_factor"]).groupby("run").loo_factor.first()
+            if factors.empty:
+                print("\nleave-one-out: no run was part of the fitted calibration (same table)")
+                return
             print("\nleave-one-out (the GDDR streaming factor refitted without the run: "
                   + ", ".join(f"{r} {f:.3f}" for r, f in factors.items()) + ")")
             print(summarise(loo))

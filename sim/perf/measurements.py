@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sim.catalog import CatalogError
+from sim.catalog.resolve import resolve_gpu, resolve_model
 
 DEVICE_GPU = {"a100": "A100-80GB-SXM", "h100": "H100-SXM-80GB", "a40": "A40"}
 """Vidur's device folder -> our GPU catalog name."""
@@ -262,9 +263,36 @@ def load_distserve_coeffs(data_root: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-VLLM_RUN_GPU = {"RTX4090": "RTX-4090", "RTXPRO6000": "RTX-PRO-6000"}
-VLLM_RUN_MODEL = {"Llama-3.1-8B": "Llama-3.1-8B", "Qwen3-32B": "Qwen3-32B",
-                  "Qwen3-30B-A3B-Instruct-2507": "Qwen3-30B-A3B"}
+def vllm_run_identity(run_dir: Path, gpu: str | None = None,
+                      model: str | None = None) -> tuple[str, str]:
+    """Catalog ``(GPU name, model name)`` of a real vLLM run folder (``<run>/vllm/meta.json``).
+
+    The GPU from, in order: ``gpu`` (an explicit catalog or device name), the CUDA device
+    name ``meta.json`` records (``hardware.device_name``, with its memory telling A100 sizes
+    apart), the ``hardware`` label of the run's ``config.json`` (LLMServingSim's cluster file),
+    the parent folder's name (``RTX4090``, ``H100``). The model from ``model``, else the repo id
+    ``meta.json`` records (``model`` or ``engine_kwargs.model``), else the folder's name; both
+    through :mod:`sim.catalog.resolve` (fine-tuning suffixes such as ``-Instruct`` dropped).
+
+    Raises:
+        CatalogError: when no catalog entry matches, naming what was recorded.
+    """
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
+    hw = meta.get("hardware") or {}
+    label = None
+    cluster = run_dir / "config.json"
+    if cluster.exists():
+        try:
+            nodes = json.loads(cluster.read_text()).get("nodes") or [{}]
+            label = ((nodes[0].get("instances") or [{}])[0]).get("hardware")
+        except (ValueError, AttributeError, IndexError):
+            label = None
+    spec = resolve_gpu(gpu, hw.get("device_name"), label, run_dir.parent.name,
+                       memory_bytes=hw.get("device_total_memory_bytes"))
+    name = (model or meta.get("model") or (meta.get("engine_kwargs") or {}).get("model")
+            or run_dir.name)
+    return spec.name, resolve_model(str(name)).name
 
 
 def _generated_per_window(first: np.ndarray, last: np.ndarray, pace: np.ndarray,
@@ -315,9 +343,10 @@ def _single_engine_runs(data_root: Path):
 
 def _run_columns(run_dir: Path, kw: dict) -> dict:
     """The run, GPU, model and TP columns of a run's measurement rows."""
+    gpu, model = vllm_run_identity(run_dir)
     return {"run": f"{run_dir.parent.name}/{run_dir.name}",
-            "gpu": VLLM_RUN_GPU[run_dir.parent.name],
-            "model": VLLM_RUN_MODEL[run_dir.name],
+            "gpu": gpu,
+            "model": model,
             "tp": int(kw.get("tensor_parallel_size") or 1)}
 
 

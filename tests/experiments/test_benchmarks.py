@@ -23,7 +23,8 @@ def test_bench_sim_runs_on_tiny_sizes(capsys):
 @pytest.mark.shared
 def test_fidelity_replays_every_real_run(shared_data, tmp_path, capsys):
     table = fidelity_vllm_runs.compare(shared_data)
-    assert set(table.metric) == {"ttft_s", "tpot_s", "e2e_s"}
+    assert set(table.metric) == {"ttft_s", "tpot_s", "e2e_s", "itl_s"}
+    assert set(table[table.metric == "itl_s"].stat) == {"mean"}  # first/last times only
     assert table.run.nunique() == 4
     assert (table.measured_s > 0).all() and (table.simulated_s > 0).all()
 
