@@ -236,8 +236,8 @@ def instance_for_run(meta: dict, model, ep_mode: str = "group",
 def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
            ep_mode: str = "group", kernel_params: KernelParams | None = None,
            async_mode: str = "recorded", gpu: str | None = None,
-           model: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Simulator]:
-    """Simulate one run; returns (real requests, simulated records, the simulator).
+           model: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Simulate one run; returns (real requests, simulated records).
 
     ``ep_mode`` says how a DP + expert-parallel run is replayed (see the module docstring):
     ``group`` (one instance for the lock-stepped ranks), ``replicas`` (independent DP
@@ -245,7 +245,9 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
     expert). ``kernel_params`` replaces the GPU's calibration (leave-one-out refits).
     ``async_mode``: async scheduling as ``recorded`` in the run's meta.json, or ``on``/``off``.
     ``gpu`` / ``model``: catalog (or device / repo) names overriding what the run records
-    (:func:`sim.perf.measurements.vllm_run_identity`).
+    (:func:`sim.perf.measurements.vllm_run_identity`). When the run recorded every
+    inter-token gap, the records' ``attrs["itl_gaps"]`` holds the simulated ones
+    (:meth:`sim.engine.Simulator.itl_gaps`).
     """
     if ep_mode not in EP_MODES:
         raise ValueError(f"ep_mode must be one of {', '.join(EP_MODES)}, got {ep_mode!r}")
@@ -277,11 +279,14 @@ def replay(run_dir: Path, engine: str = "vllm_v1", anchor: str = "arrival",
                                    sim_cfg, kernel_params)
         sim.backends = [backend for _ in sim.backends]
     sim.run()
-    return real, records(sim.entered_requests()), sim
+    out = records(sim.entered_requests())
+    if sim_cfg.record_itl:
+        out.attrs["itl_gaps"] = sim.itl_gaps()
+    return real, out
 
 
-def leave_one_out_params(data_root: Path, run_dir: Path, run: str, engine: str = "vllm_v1",
-                         gpu: str | None = None
+def leave_one_out_params(data_root: Path, run: str, engine: str = "vllm_v1",
+                         run_dir: Path | None = None, gpu: str | None = None
                          ) -> tuple[KernelParams | None, float | None]:
     """The GPU calibration of ``run`` refitted without that run's own measurements.
 
@@ -289,8 +294,11 @@ def leave_one_out_params(data_root: Path, run_dir: Path, run: str, engine: str =
     (:func:`sim.perf.fit.fit_gddr_no_ecc`; the RTX 4090's ``rtx_4090`` calibration shares it
     and adds GEMM efficiencies fitted to an operator profile, not to the runs); runs whose
     measurements it does not use (other calibrations, TP > 1, DP, runs from elsewhere) get
-    ``(None, None)``: the stored fit is already blind to them.
+    ``(None, None)``: the stored fit is already blind to them. ``run_dir`` defaults to
+    ``<data_root>/vllm_runs/llmservingsim/<run>``.
     """
+    if run_dir is None:
+        run_dir = Path(data_root) / "vllm_runs" / "llmservingsim" / run
     gpu_spec = get_gpu(vllm_run_identity(run_dir, gpu)[0])
     if gpu_spec.calibration not in {fit.GDDR_NO_ECC, *fit.CARD_GEMM_CALIBRATIONS}:
         return None, None
@@ -324,7 +332,7 @@ def find_runs(root: Path) -> list[Path]:
     return runs
 
 
-def _itl_stats(real: pd.DataFrame, sim_records: pd.DataFrame, sim: Simulator) -> dict:
+def _itl_stats(real: pd.DataFrame, sim_records: pd.DataFrame) -> dict:
     """Measured and simulated ITL statistics: the mean always, percentiles when recorded."""
     out = {"mean": (
         pooled_itl_mean(real.first_token_ts.to_numpy(), real.last_token_ts.to_numpy(),
@@ -333,7 +341,7 @@ def _itl_stats(real: pd.DataFrame, sim_records: pd.DataFrame, sim: Simulator) ->
                         sim_records.output_tokens.to_numpy()))}
     gaps = real.attrs.get("itl_gaps_s")
     if gaps is not None and len(gaps):
-        values, counts = sim.itl_gaps()
+        values, counts = sim_records.attrs["itl_gaps"]
         for st, p in (("p50", 50), ("p90", 90), ("p99", 99)):
             out[st] = (float(np.percentile(gaps, p)), weighted_percentile(values, counts, p))
     return out
@@ -362,10 +370,10 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
         rel = run_dir.relative_to(base).as_posix() if run_dir != base else ""
         name = rel if rel.count("/") >= 1 else f"{run_dir.parent.name}/{run_dir.name}"
         try:
-            kp, factor = (leave_one_out_params(data_root, run_dir, name, engine, gpu)
+            kp, factor = (leave_one_out_params(data_root, name, engine, run_dir, gpu)
                           if leave_one_out else (None, None))
-            real, simulated, sim = replay(run_dir, engine, anchor, ep_mode, kp, async_mode,
-                                          gpu, model)
+            real, simulated = replay(run_dir, engine, anchor, ep_mode, kp, async_mode, gpu,
+                                     model)
         except CatalogError as exc:
             if skipped is None:
                 raise CatalogError(f"run {name}: {exc}") from None
@@ -373,7 +381,7 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
             continue
         pairs = {m: (_stats(real[m].to_numpy()), _stats(simulated[m].dropna().to_numpy()))
                  for m in METRICS if m != "itl_s"}
-        itl = _itl_stats(real, simulated, sim)
+        itl = _itl_stats(real, simulated)
         pairs["itl_s"] = ({st: v[0] for st, v in itl.items()}, {st: v[1] for st, v in itl.items()})
         for metric in METRICS:
             ms, ss = pairs[metric]
