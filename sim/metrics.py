@@ -8,7 +8,9 @@ Definitions (DistServe's, used throughout):
   consecutive output tokens of a request, pooled over requests (a request of ``n`` outputs
   gives ``n - 1`` gaps, summing to its last - first token time); its mean and percentiles
   are over that pooled list, so long requests weigh more than in TPOT. The simulator keeps
-  the gaps compactly (:meth:`sim.engine.Simulator.itl_gaps`: values and counts).
+  the gaps compactly (:meth:`sim.engine.Simulator.itl_parts`); their statistics come from
+  :class:`sim.engine.itl.InterTokenGaps` without expanding them (or from the expanded
+  ``(values, counts)`` of :meth:`~sim.engine.Simulator.itl_gaps`).
 * SLO attainment = share of *all* requests that entered (completed or not) meeting both the
   TTFT and TPOT SLOs; a rejected or failed request never meets them.
 * Goodput = the highest arrival rate at which attainment stays >= the target (see
@@ -24,7 +26,12 @@ from operator import attrgetter
 import numpy as np
 import pandas as pd
 
+from sim.engine.itl import InterTokenGaps, lerp, linear_rank
 from sim.instance import REASON_TEXT, Reason, Request, RequestStatus
+
+ItlGaps = InterTokenGaps | tuple[np.ndarray, np.ndarray]
+"""A run's pooled inter-token gaps: compact (:class:`~sim.engine.itl.InterTokenGaps`) or
+expanded ``(gaps_s, counts)`` (:meth:`sim.engine.Simulator.itl_gaps`)."""
 
 RECORD_COLUMNS = (
     "rid", "arrival_s", "prompt_tokens", "output_tokens", "cached_prompt_tokens", "status",
@@ -128,25 +135,28 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> flo
     order = np.argsort(values, kind="stable")
     v = values[order]
     cum = np.cumsum(counts[order])
-    n = int(cum[-1])
-    qf = np.true_divide(q, 100)
-    h = (n - 1) * qf  # numpy's virtual index for the linear method
-    lo = min(max(int(np.floor(h)), 0), n - 1)
-    hi = min(lo + 1, n - 1)
-    g = h - np.floor(h)
+    lo, hi, g = linear_rank(int(cum[-1]), q)
     a, b = v[np.searchsorted(cum, [lo, hi], side="right")]
-    d = b - a
-    return float(b - d * (1 - g) if g >= 0.5 else a + d * g)  # numpy's _lerp
+    return lerp(a, b, g)
 
 
-def itl_summary(gaps: tuple[np.ndarray, np.ndarray] | None) -> dict:
-    """ITL mean / p50 / p90 / p99 (seconds) and gap count from ``(gaps_s, counts)``.
+def itl_summary(gaps: ItlGaps | None) -> dict:
+    """ITL mean / p50 / p90 / p99 (seconds) and gap count.
 
-    Keys ``num_itl_gaps``, ``itl_mean_s``, ``itl_p{50,90,99}_s`` (NaN mean when no gaps);
-    ``gaps`` as :meth:`sim.engine.Simulator.itl_gaps` returns it.
+    Keys ``num_itl_gaps``, ``itl_mean_s``, ``itl_p{50,90,99}_s`` (NaN mean and no
+    percentiles when no gaps). ``gaps``: an :class:`~sim.engine.itl.InterTokenGaps`
+    (percentiles exact without expanding, the mean to rounding) or ``(gaps_s, counts)`` as
+    :meth:`sim.engine.Simulator.itl_gaps` returns it; the same gaps give the same count and
+    percentiles either way.
     """
     if gaps is None:
         return {}
+    if isinstance(gaps, InterTokenGaps):
+        out = {"num_itl_gaps": gaps.count, "itl_mean_s": gaps.mean_s()}
+        if gaps.count:
+            for p in (50, 90, 99):
+                out[f"itl_p{p}_s"] = gaps.percentile_s(p)
+        return out
     v, w = (np.asarray(x) for x in gaps)
     n = int(w.sum())
     out = {"num_itl_gaps": n}
@@ -160,7 +170,7 @@ def itl_summary(gaps: tuple[np.ndarray, np.ndarray] | None) -> dict:
 
 
 def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 0,
-              itl: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+              itl: ItlGaps | None = None) -> dict:
     """Headline numbers of one run (JSON-serialisable).
 
     Args:
@@ -168,8 +178,9 @@ def summarize(df: pd.DataFrame, slo: SLO, num_gpus: int, num_not_entered: int = 
         slo: objectives.
         num_gpus: GPUs of the cluster (for per-GPU rates).
         num_not_entered: workload requests that never arrived (time limit), reported only.
-        itl: the run's pooled inter-token gaps (:meth:`Simulator.itl_gaps`), reported as
-            ``itl_*`` (:func:`itl_summary`) when given.
+        itl: the run's pooled inter-token gaps (:class:`~sim.engine.itl.InterTokenGaps` or
+            :meth:`Simulator.itl_gaps`'s ``(gaps_s, counts)``), reported as ``itl_*``
+            (:func:`itl_summary`) when given.
 
     Returns:
         Counts by outcome (conserved: entered = completed + rejected + failed), latency
@@ -263,11 +274,14 @@ def goodput_search(
 
 
 def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None,
-              itl: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+              itl: ItlGaps | None = None, itl_points: int = 512) -> None:
     """Write TTFT / TPOT / E2E CDFs of completed requests to ``path`` (PNG).
 
-    With ``itl`` (:meth:`Simulator.itl_gaps`) a fourth panel shows the pooled inter-token
-    gaps' CDF.
+    With ``itl`` (:class:`~sim.engine.itl.InterTokenGaps`, or :meth:`Simulator.itl_gaps`'s
+    ``(gaps_s, counts)``) a fourth panel shows the pooled inter-token gaps' CDF: from the
+    compact form exact at ``itl_points`` points between the shortest and the longest gap
+    (at every distinct gap when there are fewer; :meth:`InterTokenGaps.cdf_points`), from
+    the expanded form at every value.
     """
     import matplotlib
 
@@ -279,7 +293,11 @@ def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None,
     lims = [slo.ttft_s if slo else None, slo.tpot_s if slo else None, None, None]
     fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4))
     for ax, col, lim in zip(axes, cols, lims[:len(cols)], strict=True):
-        if col == "itl_s":
+        if col == "itl_s" and isinstance(itl, InterTokenGaps):
+            v, share = itl.cdf_points(itl_points)
+            if v.size:
+                ax.plot(v, share)
+        elif col == "itl_s":
             order = np.argsort(itl[0], kind="stable")
             v, c = np.asarray(itl[0])[order], np.cumsum(np.asarray(itl[1])[order])
             if v.size:

@@ -18,6 +18,7 @@ from omegaconf import MISSING
 
 from sim.catalog import GpuSpec, ModelSpec
 from sim.engine import ClusterConfig, SimConfig, Simulator
+from sim.engine.itl import InterTokenGaps
 from sim.metrics import SLO, goodput_search, plot_attainment_curve, plot_cdfs, records, summarize
 from sim.routers import ROUTERS, make_router
 from sim.workload import Workload, WorkloadConfig, build_workload
@@ -99,8 +100,10 @@ def simulate_once(cfg: SimulateConfig, workload: Workload):
     """Run one simulation of ``workload``.
 
     Returns:
-        ``(records DataFrame, summary dict, inter-token gaps)``, the gaps as
-        :meth:`sim.engine.Simulator.itl_gaps` gives them ``(gaps_s, counts)``.
+        ``(records DataFrame, summary dict, inter-token gaps)``, the gaps an
+        :class:`~sim.engine.itl.InterTokenGaps` (compact, as recorded: exact count, mean,
+        percentiles and CDF without expanding; ``.expand()`` gives
+        :meth:`sim.engine.Simulator.itl_gaps`'s ``(gaps_s, counts)``).
     """
     _, pred_rng = _rngs(cfg.seed)
     router = make_router(cfg.router.name, **({"seed": cfg.router.seed}
@@ -111,7 +114,7 @@ def simulate_once(cfg: SimulateConfig, workload: Workload):
     sim.run()
     wall = time.perf_counter() - t0
     df = records(sim.entered_requests())
-    itl = sim.itl_gaps()  # expanded once: one value per iteration of a decode run
+    itl = InterTokenGaps.from_simulator(sim)  # not expanded: O(decode runs) memory
     summary = summarize(df, cfg.slo, cfg.cluster.num_gpus_used(),
                         num_not_entered=len(workload) - sim.num_entered, itl=itl)
     summary.update(wall_s=wall, num_events=sim.num_events, num_iterations=sim.num_iterations)
