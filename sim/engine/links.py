@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Link:
     """One directed link between two instances.
@@ -17,7 +19,7 @@ class Link:
         self.index = index
         self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
         self.latency_s = latency_s
-        self.remaining: dict[object, float] = {}
+        self.remaining: dict[Any, float] = {}
         """transfer key -> bytes still to move."""
         self.last_s = 0.0
         self.version = 0
@@ -39,7 +41,7 @@ class Link:
         self.remaining[key] = num_bytes + self.latency_s * self.bandwidth_bytes_per_s
         self.version += 1
 
-    def next_done(self) -> tuple[float, object] | None:
+    def next_done(self) -> tuple[float, Any] | None:
         """``(time, key)`` of the next transfer to finish, or None when idle."""
         rem = self.remaining
         n = len(rem)

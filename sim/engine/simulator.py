@@ -55,6 +55,7 @@ from collections import deque
 from enum import IntEnum
 from itertools import chain, compress
 from operator import add, attrgetter, itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ from sim.engine.config import ClusterConfig, SimConfig
 from sim.engine.decode_run import DecodeLine, cum_time_s, iters_within
 from sim.engine.links import Link
 from sim.engine.placement import build_instances
-from sim.instance import Instance, Reason, Request, RequestStatus
+from sim.instance import Instance, IterationPlan, Reason, Request, RequestStatus
 from sim.routing import ClusterView, Decision, RequestInfo, make_request_info
 from sim.workload import Workload
 
@@ -75,7 +76,7 @@ _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
 RUNS_PACKED = 1 << 14
 _RUN_LINE, _RUN_INTS = itemgetter(0), itemgetter(1, 2, 3)
-_DISCARD = deque(maxlen=0).append
+_DISCARD: Any = deque(maxlen=0).append
 """Takes an item and keeps nothing (decode runs when inter-token gaps are not recorded)."""
 """Decode runs recorded (for inter-token gaps) before they are packed into arrays."""
 RUNNING = RequestStatus.RUNNING
@@ -102,7 +103,7 @@ class _Op:
                  "itl_w")
 
     def __init__(self) -> None:
-        self.plan = None
+        self.plan: IterationPlan | None = None
         self.k_done = 0
         self.line: DecodeLine | None = None
         self.start_s = 0.0
@@ -160,7 +161,7 @@ class Simulator:
         self._q_batch = [i._batch for i in insts]
         self._q_tail = [i._tail for i in insts]
         self._q_pending = [i.pending_kv for i in insts]
-        self._view_fields = {
+        self._view_fields: dict[str, Any] = {
             "num_waiting": self._num_waiting,
             "num_running": self._num_running,
             "queued_prefill_tokens": self._queued_prefill,
@@ -534,7 +535,7 @@ class Simulator:
         w = self.workload
         hashes = None
         if w.hash_offsets is not None:
-            hashes = w.hash_ids[w.hash_offsets[i]: w.hash_offsets[i + 1]]
+            hashes = w.hash_ids[w.hash_offsets[i]: w.hash_offsets[i + 1]]  # type: ignore[index]
         r = Request(i, self._arrivals[i], self._prompts[i], self._outputs[i], hashes)
         self.requests[i] = r
         if len(self._itl_runs) >= RUNS_PACKED:
@@ -953,8 +954,8 @@ class Simulator:
             # The answer for this head depends on the slots, the blocks and the run in flight
             # (op.version names it; as it runs, the blocks it could give back only shrink),
             # so while none of them changed, a head that could not be pulled still cannot.
-            if (blocked[idx] is not None and blocked[idx][0] is r
-                    and blocked[idx] == self._pull_state(f, r, seqs)):
+            state = blocked[idx]
+            if state is not None and state[0] is r and state == self._pull_state(f, r, seqs):
                 return
             if seqs >= max_seqs:
                 blocked[idx] = self._pull_state(f, r, seqs)
@@ -1050,7 +1051,7 @@ class Simulator:
         if version != link.version:
             return
         now = self.now_s
-        _, r = link.next_done()
+        _, r = link.next_done()  # type: ignore[misc]  # (the version matched: one in flight)
         link.pop(r, now)
         lead, follow = self.instances[r.lead], self.instances[r.follow]
         if not lead.busy:  # (_touch, inlined)
@@ -1076,8 +1077,8 @@ class Simulator:
         if lead.pending_kv:
             self._try_pull(lead)
         if link.remaining:  # (_push_link, inlined)
-            heapq.heappush(self._heap, (link.next_done()[0], TRANSFER_END, next(self._seq),
-                                        link_idx, link.version))
+            heapq.heappush(self._heap, (link.next_done()[0],  # type: ignore[index]
+                                        TRANSFER_END, next(self._seq), link_idx, link.version))
 
     # ---- end of run ----------------------------------------------------------------------------
     def _finish(self, limit: float) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import OrderedDict, deque
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +98,7 @@ class KVCache:
         self._refs: dict[int, int] = {}
         """Reference count of every resident prompt-hash entry (0: evictable) and of every
         referenced own block (an unreferenced own block lives in a run of ``_lru`` only)."""
-        self._lru: OrderedDict[int, list | None] = OrderedDict()
+        self._lru: OrderedDict[int, Any] = OrderedDict()
         """Evictable entries, least recently used first: prompt hash -> None, or run id (< 0)
         -> run ``[rid, lo, hi, run id]``: own blocks ``hi - 1, hi - 2, ..., lo`` of request
         ``rid`` in this order, standing for that many one-block entries in a row. (An
@@ -335,10 +336,10 @@ class KVCache:
                 if True in hit:
                     return hit.index(True)
             return len(head)
-        keep = set(keep)
+        kept = set(keep)
         got = 0
         for key in self._lru:
-            if key in keep:
+            if key in kept:
                 break
             got += bph
             if got >= want:
@@ -375,7 +376,7 @@ class KVCache:
                     return got
         return got
 
-    def evictable_blocks(self, hashes: tuple) -> int:
+    def evictable_blocks(self, hashes: tuple | range) -> int:
         """Blocks of these resident prompt-hash entries that nobody references.
 
         Taking them uses free blocks.

@@ -107,7 +107,7 @@ class Request:
     """KV blocks it holds on the current instance (including shared prefix blocks)."""
     num_shared_blocks: int = 0
     """Of those, blocks shared through the prefix cache (owned by cache entries)."""
-    shared_hashes: tuple = ()
+    shared_hashes: tuple | range = ()
     """Prefix-cache entries it holds a reference to on the current instance."""
     num_cached_prompt_tokens: int = 0
     """Prompt tokens served from the prefix cache at its (last) admission."""

@@ -41,6 +41,8 @@ INF = float("inf")
 WAITING = RequestStatus.WAITING
 _NO_HIT = ((), 0, 0)
 """A prefix match that found nothing: ``(keys, hit_tokens, evictable_blocks)``."""
+_NO_KEYS: tuple | range = ()
+"""No prefix-cache keys (typed as keys are, so that setting it does not narrow the type)."""
 
 
 @dataclass(slots=True, init=False)
@@ -155,7 +157,7 @@ class Instance:
         (the queue's head is matched again and again while it waits)."""
         self._own_keys_memo: tuple = (-1, 0, 0, ())
         """``(rid, first, count, keys)`` of the last :meth:`_own_keys` answer."""
-        self._head_keys: tuple = ()
+        self._head_keys: tuple | range = ()
         """Prefix-cache keys the waiting queue's head would reuse (from the last admission
         check); a decode run must not evict them."""
 
@@ -441,7 +443,7 @@ class Instance:
             self._add(plan, r, n)
             budget -= n
 
-    def _prefix_hit(self, r: Request) -> tuple[tuple, int, int]:
+    def _prefix_hit(self, r: Request) -> tuple[tuple | range, int, int]:
         """Cached leading blocks of a not-yet-started request, without taking them.
 
         Returns:
@@ -461,12 +463,12 @@ class Instance:
         self._hit_memo = (r, kv.version, r.num_preemptions, r.num_output_tokens, out)
         return out
 
-    def _prefix_hit_now(self, r: Request) -> tuple[tuple, int, int]:
+    def _prefix_hit_now(self, r: Request) -> tuple[tuple | range, int, int]:
         """:meth:`_prefix_hit` computed from the cache (no memo)."""
         kv = self.kv
         h = kv.match_prefix(r.hashes, r.num_prompt_tokens) if r.hashes is not None else 0
         if h:
-            keys = tuple(r.hashes[:h].tolist())
+            keys: tuple | range = tuple(r.hashes[:h].tolist())  # type: ignore[index]
             first = h * kv.blocks_per_hash
             pinned = kv.evictable_blocks(keys)
         else:
@@ -476,7 +478,7 @@ class Instance:
             own = kv.match_own_blocks(r.rid, first, limit)
             if own:
                 mine = self._own_keys(r.rid, first, own)
-                keys = keys + tuple(mine) if keys else mine
+                keys = (*keys, *mine) if keys else mine
                 first += own
                 pinned += own  # a waiting request's own entries are unreferenced (evictable)
         if not keys:
@@ -497,7 +499,7 @@ class Instance:
         self._own_keys_memo = (rid, first, count, keys)
         return keys
 
-    def _take_prefix(self, r: Request, keys: tuple, hit: int) -> None:
+    def _take_prefix(self, r: Request, keys: tuple | range, hit: int) -> None:
         """Reference the cached prefix of an admitted request (skips its prefill)."""
         kv = self.kv
         kv.acquire(keys)
@@ -627,7 +629,7 @@ class Instance:
         if j and r.shared_hashes[-1] < 0:
             return False
         covered = min(r.num_computed_tokens, r.num_prompt_tokens) // self.kv.hash_block_tokens
-        return j < covered and j < len(r.hashes)
+        return j < covered and j < len(r.hashes)  # type: ignore[arg-type]
 
     def _registration_due(self) -> bool:
         """Whether a decode-batch member's next prompt hash can enter the cache now.
@@ -639,7 +641,7 @@ class Instance:
         """
         refs = self.kv._refs
         for r in self._register_pending.values():
-            if int(r.hashes[len(r.shared_hashes)]) not in refs:
+            if int(r.hashes[len(r.shared_hashes)]) not in refs:  # type: ignore[index]
                 return True
         return False
 
@@ -649,15 +651,15 @@ class Instance:
         j = len(r.shared_hashes)
         if j and r.shared_hashes[-1] < 0:
             return  # readmitted on its own cached blocks: nothing left to share
-        if j >= covered or j >= len(r.hashes):
+        if j >= covered or j >= len(r.hashes):  # type: ignore[arg-type]
             return
         new = []
-        for key in r.hashes[j:covered].tolist():
+        for key in r.hashes[j:covered].tolist():  # type: ignore[index]
             if not kv.register(key):
                 break
             new.append(key)
         if new:
-            r.shared_hashes = r.shared_hashes + tuple(new)
+            r.shared_hashes = (*r.shared_hashes, *new)
             r.num_shared_blocks += len(new) * kv.blocks_per_hash
 
     # ---- closed-form decode runs -----------------------------------------------------------
@@ -699,7 +701,7 @@ class Instance:
         if two > kv.num_blocks - kv.num_used:
             return 0  # not even two iterations fit, whatever is evicted (the usual case at
             # a full cache; checked before the waiting head, whose answer would not matter)
-        self._head_keys = ()
+        self._head_keys = _NO_KEYS
         if (self.waiting and seqs + self.num_transfers_in < self.cfg.max_num_seqs
                 and self._head_admissible(budget - seqs)):
             return 0
@@ -719,7 +721,7 @@ class Instance:
         cap = empty
         want = seqs * (k // bs) + crossing[k % bs]
         if want > empty and kv.num_evictable and not self._register_pending:
-            keep = () if self.cfg.scheduler_reserve_full_isl else self._head_keys
+            keep = _NO_KEYS if self.cfg.scheduler_reserve_full_isl else self._head_keys
             cap += kv.evictable_before(want - empty, keep)
         if want > cap:
             k = min(k, (cap // seqs) * bs + bs - 1)
