@@ -78,8 +78,9 @@ class SimConfig:
     fast_forward: bool = True
     """Advance decode-only stretches in closed form (False: one event per iteration)."""
     record_itl: bool = False
-    """Keep every inter-token gap (``Simulator.itl_gaps``, vLLM's ITL; ``simulate.py`` turns
-    it on). Off it saves ~5-8% of the simulator's CPU time; records are the same either way."""
+    """Keep every inter-token gap (vLLM's ITL: ``Simulator.itl_parts``, summarised by
+    ``sim.engine.itl.InterTokenGaps``; ``simulate.py`` turns it on). Off it saves ~5-8% of the
+    simulator's CPU time; records are the same either way."""
 
     def __post_init__(self) -> None:
         if self.perf_backend not in PERF_BACKENDS:

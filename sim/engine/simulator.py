@@ -38,6 +38,8 @@ the Follow, a preemption's recompute, a token the budget held back, a decode-bat
 first token after one of these) are appended one by one. Explicitly scheduled requests are
 checked per iteration against their last seen token (time and output count, per request);
 decode-batch members only when they join (the batch's join numbers ascend) or leave it.
+:meth:`Simulator.itl_parts` gives the record as kept; :class:`sim.engine.itl.InterTokenGaps`
+summarises it without expanding it (:meth:`Simulator.itl_gaps` expands it, for small runs).
 
 Use :meth:`Simulator.run` with a router, or drive it one arrival at a time (the Gymnasium
 environment does): ``info = sim.next_arrival()`` runs to the next arrival and returns it,
