@@ -77,10 +77,10 @@ _TRANSFERS_IN = attrgetter("num_transfers_in")
 _TRANSFERS_OUT = attrgetter("num_transfers_out")
 RUN_LIMIT = 1 << 30
 RUNS_PACKED = 1 << 14
+"""Decode runs recorded (for inter-token gaps) before they are packed into arrays."""
 _RUN_LINE, _RUN_INTS = itemgetter(0), itemgetter(1, 2, 3)
 _DISCARD: Any = deque(maxlen=0).append
 """Takes an item and keeps nothing (decode runs when inter-token gaps are not recorded)."""
-"""Decode runs recorded (for inter-token gaps) before they are packed into arrays."""
 RUNNING = RequestStatus.RUNNING
 TRANSFERRING = RequestStatus.TRANSFERRING
 _decode_line = tuple.__new__
