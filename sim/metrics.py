@@ -302,6 +302,8 @@ def plot_cdfs(df: pd.DataFrame, path, slo: SLO | None = None,
             v, c = np.asarray(itl[0])[order], np.cumsum(np.asarray(itl[1])[order])
             if v.size:
                 ax.plot(v, c / c[-1])
+        if col == "itl_s" and v.size and v[0] > 0:
+            ax.set_xscale("log")  # iteration gaps (ms) and hand-over / recompute gaps (s)
         else:
             v = np.sort(done[col].dropna().to_numpy())
             if v.size:

@@ -303,15 +303,17 @@ class InterTokenGaps:
         """Points of the CDF to plot: ``(x_s, share)``, both ``(<= num,) float64``.
 
         The distinct gap values when the expansion holds at most ``num`` of them, else
-        ``num`` points evenly spaced from the shortest to the longest gap; empty when there
-        is no gap.
+        ``num`` points from the shortest to the longest gap, log-spaced (gaps span
+        iteration times of milliseconds to hand-overs and recomputes of seconds; evenly
+        spaced if the shortest is 0); empty when there is no gap.
         """
         if not self.count:
             return np.zeros(0), np.zeros(0)
         if self._values.size + int(self._runs.k.sum()) <= num:
             x = np.unique(self.expand()[0])
         else:
-            x = np.linspace(self.min_s(), self.max_s(), num)
+            lo, hi = self.min_s(), self.max_s()
+            x = np.geomspace(lo, hi, num) if lo > 0 else np.linspace(lo, hi, num)
         return x, self.cdf(x)
 
     def min_s(self) -> float:
