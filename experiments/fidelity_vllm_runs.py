@@ -84,15 +84,32 @@ TOKEN_TS_KEYS = ("token_ts", "token_timestamps", "output_token_ts")
 """Per-request fields holding the times its output tokens arrived (gaps are their diffs)."""
 
 
+REQUIRED_FIELDS = ("input_toks", "output_toks", "queued_ts", "first_token_ts", "last_token_ts")
+"""Fields every line of a run's ``requests.jsonl`` has (token times may be null: failed)."""
+
+
 def load_run(run_dir: Path, anchor: str = "arrival") -> tuple[pd.DataFrame, dict]:
     """Requests with ``arrival_s`` (from the run's start), ``ttft_s``, ``tpot_s``, ``e2e_s``.
 
     Also returns the run's meta.json; ``anchor`` is ``arrival`` (engine-clock arrival) or
-    ``queued`` (see the module docstring).
+    ``queued`` (see the module docstring; ``queued`` when the run has no ``arrival_time``).
+    A request without token times (it failed in the real run) keeps its arrival, so the
+    replay carries its load, with NaN latencies.
+
+    Raises:
+        ValueError: naming the file and the missing fields.
     """
     meta = json.loads((run_dir / "vllm" / "meta.json").read_text())
-    rows = [json.loads(line) for line in (run_dir / "vllm" / "requests.jsonl").open()]
+    path = run_dir / "vllm" / "requests.jsonl"
+    rows = [json.loads(line) for line in path.open() if line.strip()]
     df = pd.DataFrame(rows)
+    missing = [c for c in REQUIRED_FIELDS if c not in df]
+    if missing or df.empty:
+        raise ValueError(f"{path}: {'no requests' if df.empty else 'missing fields'} "
+                         f"{', '.join(missing)}; each line needs {', '.join(REQUIRED_FIELDS)} "
+                         "(and arrival_time for --anchor arrival)")
+    if anchor == "arrival" and ("arrival_time" not in df or df.arrival_time.isna().any()):
+        anchor = "queued"  # no client clock recorded: the engine's queue time is the arrival
     if anchor == "arrival":
         offset = (df.queued_ts - df.arrival_time).min()
         df["arrive_ts"] = df.arrival_time + offset
@@ -379,6 +396,14 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
                 raise CatalogError(f"run {name}: {exc}") from None
             skipped.append(f"{name}: {exc}")
             continue
+        # requests that failed in the real run (no token times) were replayed for their load
+        # but are compared on neither side
+        ok = (real.first_token_ts.notna() & real.last_token_ts.notna()).to_numpy()
+        if not ok.all():
+            keep_attrs = real.attrs, simulated.attrs
+            simulated = simulated[ok[simulated.rid.to_numpy()]]
+            real = real[ok]
+            real.attrs, simulated.attrs = keep_attrs
         pairs = {m: (_stats(real[m].to_numpy()), _stats(simulated[m].dropna().to_numpy()))
                  for m in METRICS if m != "itl_s"}
         itl = _itl_stats(real, simulated)

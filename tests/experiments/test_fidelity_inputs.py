@@ -112,3 +112,29 @@ def test_an_unknown_model_is_skipped_with_its_reason_or_raises(tmp_path):
     # an explicit model replays it anyway
     table = fid.compare(tmp_path, runs=tmp_path / "A100" / "odd", model="Llama-3.1-8B")
     assert table.run.nunique() == 1
+
+
+def test_failed_requests_load_the_replay_but_are_not_compared(tmp_path):
+    folder = tmp_path / "A100" / "run"
+    rows = _write_run(folder, META_A100, n=30)
+    for r in rows[::7]:  # failed in the real run: no token times
+        r["first_token_ts"] = r["last_token_ts"] = None
+    for r in rows:
+        del r["arrival_time"]  # no client clock: the engine's queue time is the arrival
+    (folder / "vllm" / "requests.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
+    real, _ = fid.load_run(folder)
+    assert len(real) == 30 and real.ttft_s.isna().sum() == 5
+    table = fid.compare(tmp_path, runs=tmp_path)
+    assert np.isfinite(table.measured_s).all() and np.isfinite(table.simulated_s).all()
+    ok = [r for r in rows if r["first_token_ts"] is not None]
+    e2e = table[(table.metric == "e2e_s") & (table.stat == "mean")].measured_s.item()
+    assert e2e == pytest.approx(np.mean([r["last_token_ts"] - r["queued_ts"] for r in ok]))
+
+
+def test_a_run_missing_fields_names_them(tmp_path):
+    folder = tmp_path / "run"
+    rows = _write_run(folder, META_A100, n=3)
+    (folder / "vllm" / "requests.jsonl").write_text(
+        "\n".join(json.dumps({k: v for k, v in r.items() if k != "queued_ts"}) for r in rows))
+    with pytest.raises(ValueError, match=r"requests.jsonl: missing fields queued_ts"):
+        fid.load_run(folder)
