@@ -2,8 +2,8 @@
 
 ``python -m experiments.fidelity_vllm_runs [--data-root DIR] [--runs DIR] [--out DIR]`` reads
 every run under ``--runs`` (any folder holding ``<run>/vllm/meta.json`` and
-``<run>/vllm/requests.jsonl`` at any depth, or one run folder; default
-``<data-root>/vllm_runs/llmservingsim``, whose four runs are 300 ShareGPT requests at ~10 req/s,
+``<run>/vllm/requests.jsonl`` at any depth, or one run folder; default ``<data-root>/vllm_runs``,
+whose four runs (``llmservingsim/<GPU>/<model>``) are 300 ShareGPT requests at ~10 req/s,
 exact output lengths, vLLM 0.19 V1 with chunked prefill, prefix caching, CUDA graphs and async
 scheduling). The GPU comes from the CUDA device name the run recorded (else its cluster file's
 hardware label, else the parent folder's name) and the model from its repo id, both matched to
@@ -371,21 +371,25 @@ def compare(data_root: Path, engine: str = "vllm_v1", anchor: str = "arrival",
             skipped: list[str] | None = None) -> pd.DataFrame:
     """One row per (run, metric, statistic): measured, simulated, relative error.
 
-    Runs are found under ``runs`` (default ``<data_root>/vllm_runs/llmservingsim``; see
-    :func:`find_runs`) and named by their path below it. Metrics: TTFT, TPOT, E2E (mean,
-    p50, p90, p99) and ITL (pooled mean from first/last token times; percentiles only for
-    runs that recorded every token). With ``leave_one_out`` every run is simulated with the
-    calibration refitted without it (column ``loo_factor`` holds the refitted GDDR factor,
-    NaN where nothing was refitted). ``gpu`` / ``model`` override what the runs record.
+    Runs are found under ``runs`` (default ``<data_root>/vllm_runs``; see :func:`find_runs`)
+    and named ``<parent folder>/<run folder>`` (their path below ``runs`` if that repeats).
+    Metrics: TTFT, TPOT, E2E (mean, p50, p90, p99) and ITL (pooled mean from first/last token
+    times; percentiles only for runs that recorded every token). With ``leave_one_out`` every
+    run is simulated with the calibration refitted without it (column ``loo_factor`` holds the
+    refitted GDDR factor, NaN where nothing was refitted). ``gpu`` / ``model`` override what
+    the runs record.
 
     A run whose GPU or model has no catalog entry raises, unless ``skipped`` is a list: then
     ``"<run>: <reason>"`` is appended to it and the other runs go on.
     """
-    base = Path(runs) if runs is not None else Path(data_root) / "vllm_runs" / "llmservingsim"
+    base = Path(runs) if runs is not None else Path(data_root) / "vllm_runs"
+    found = find_runs(base)
+    short = [f"{d.parent.name}/{d.name}" for d in found]  # <GPU>/<model>, as the fits name runs
+    names = short if len(set(short)) == len(short) else [
+        d.relative_to(base).as_posix() if d != base else s for d, s in zip(found, short,
+                                                                          strict=True)]
     rows = []
-    for run_dir in find_runs(base):
-        rel = run_dir.relative_to(base).as_posix() if run_dir != base else ""
-        name = rel if rel.count("/") >= 1 else f"{run_dir.parent.name}/{run_dir.name}"
+    for run_dir, name in zip(found, names, strict=True):
         try:
             kp, factor = (leave_one_out_params(data_root, name, engine, run_dir, gpu)
                           if leave_one_out else (None, None))
@@ -452,8 +456,7 @@ def main(argv: list[str] | None = None) -> None:
                          "default for the run's version), or on/off for every run")
     ap.add_argument("--runs", type=Path, default=None,
                     help="folder of real runs (<run>/vllm/meta.json + requests.jsonl at any "
-                         "depth, or one run folder); default <data-root>/vllm_runs/"
-                         "llmservingsim")
+                         "depth, or one run folder); default <data-root>/vllm_runs")
     ap.add_argument("--gpu", default=None,
                     help="catalog GPU for every run (default: the device each run records)")
     ap.add_argument("--model", default=None,

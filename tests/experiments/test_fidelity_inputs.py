@@ -138,3 +138,10 @@ def test_a_run_missing_fields_names_them(tmp_path):
         "\n".join(json.dumps({k: v for k, v in r.items() if k != "queued_ts"}) for r in rows))
     with pytest.raises(ValueError, match=r"requests.jsonl: missing fields queued_ts"):
         fid.load_run(folder)
+
+
+def test_default_root_finds_runs_of_any_bench_and_names_repeats_by_path(tmp_path):
+    _write_run(tmp_path / "vllm_runs" / "benchA" / "A100" / "m", META_A100, n=8)
+    _write_run(tmp_path / "vllm_runs" / "benchB" / "A100" / "m", META_A100, n=8, seed=1)
+    table = fid.compare(tmp_path)  # data root: its vllm_runs/ at any depth
+    assert set(table.run) == {"benchA/A100/m", "benchB/A100/m"}  # <GPU>/<model> repeats
